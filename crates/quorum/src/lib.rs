@@ -1,0 +1,1 @@
+//! Quorum arithmetic (placeholder, filled in by the foundation issue).

@@ -1,0 +1,1 @@
+//! The raft-operator library (placeholder).
