@@ -5,3 +5,5 @@
 //! API types; the reconcile pipeline arrives with the operator-core work.
 
 pub mod crd;
+pub mod observed;
+pub mod plan;
