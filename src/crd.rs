@@ -420,6 +420,9 @@ pub struct RolloutStatus {
     /// The one member being replaced, added or removed right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_in_flight: Option<String>,
+    /// Since when (Unix seconds) the gate has refused the next step; cleared when it opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_since: Option<i64>,
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@
 pub mod crd;
 pub mod observed;
 pub mod plan;
+pub mod status;
