@@ -5,6 +5,7 @@
 //! API types; the reconcile pipeline arrives with the operator-core work.
 
 pub mod crd;
+pub mod manifests;
 pub mod observed;
 pub mod plan;
 pub mod status;
