@@ -265,7 +265,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let bytes = encode(&Some(log_id.clone()))?;
+            let bytes = encode(&log_id)?;
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut m = txn.open_table(LOG_META).map_err(io_err)?;
