@@ -97,8 +97,7 @@ fn classify(status: &Status, is_write: bool) -> Verdict {
         )),
         _ => {
             // No raftd metadata: a transport-level failure or a non-raftd error.
-            let connect_failed = status.code() == Code::Unavailable
-                && (msg.contains("connect") || msg.contains("Connection refused") || msg.contains("dns"));
+            let connect_failed = never_sent(status);
             if status.code() == Code::InvalidArgument {
                 Verdict::Fail(ClientError::new(ErrorKind::InvalidArgument, msg))
             } else if connect_failed || !is_write {
@@ -106,11 +105,44 @@ fn classify(status: &Status, is_write: bool) -> Verdict {
             } else {
                 Verdict::Fail(ClientError::new(
                     ErrorKind::OutcomeUnknown,
-                    format!("outcome unknown: the write was sent but the answer was lost ({}: {msg})", status.code()),
+                    format!(
+                        "outcome unknown: the write was sent but the answer was lost ({}: {})",
+                        status.code(),
+                        describe(status)
+                    ),
                 ))
             }
         }
     }
+}
+
+/// The status message with its error source chain.
+fn describe(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = src {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        src = e.source();
+    }
+    text
+}
+
+/// Whether the failure happened while connecting, so the request never reached a server.
+fn never_sent(status: &Status) -> bool {
+    let mut text = status.message().to_string();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        text.push_str(" | ");
+        text.push_str(&e.to_string());
+        src = e.source();
+    }
+    text.contains("tcp connect error") || text.contains("Connection refused") || text.contains("error trying to connect")
 }
 
 impl RaftClient {

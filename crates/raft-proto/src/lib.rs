@@ -9,4 +9,4 @@ pub mod pb {
     tonic::include_proto!("raftd.v1");
 }
 
-pub use client::{ClientError, ErrorKind, RaftClient};
+pub use client::{ClientError, Consistency, ErrorKind, RaftClient};

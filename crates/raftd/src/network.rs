@@ -64,12 +64,19 @@ pub struct NetworkShared {
     pub identity: Arc<std::sync::RwLock<WireIdentity>>,
     pub tracker: Arc<PeerTracker>,
     pub injected_rtt: Duration,
+    /// Floor for AppendEntries timeouts.
+    pub min_append_timeout: Duration,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl NetworkShared {
-    pub fn new(identity: Arc<std::sync::RwLock<WireIdentity>>, tracker: Arc<PeerTracker>, injected_rtt: Duration) -> Self {
-        Self { identity, tracker, injected_rtt, channels: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(
+        identity: Arc<std::sync::RwLock<WireIdentity>>,
+        tracker: Arc<PeerTracker>,
+        injected_rtt: Duration,
+        min_append_timeout: Duration,
+    ) -> Self {
+        Self { identity, tracker, injected_rtt, min_append_timeout, channels: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -206,7 +213,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self.call(PeerRpc::Append, &rpc, option.soft_ttl()).await?)
+        // openraft sizes replication RPC timeouts from the heartbeat interval (50 ms), which an
+        // fsync on a busy disk can exceed; a timed-out append is just retried, wasting the work.
+        // Heartbeats are still bounded by openraft's own hard timeout.
+        let timeout = option.soft_ttl().max(self.shared.min_append_timeout);
+        Ok(self.call(PeerRpc::Append, &rpc, timeout).await?)
     }
 
     async fn vote(

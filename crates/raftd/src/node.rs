@@ -161,7 +161,12 @@ impl RaftNode {
             epoch: identity.epoch,
         }));
         let tracker = Arc::new(PeerTracker::default());
-        let network = NetworkShared::new(wire.clone(), tracker.clone(), Duration::from_millis(args.inject_peer_rtt_ms));
+        let network = NetworkShared::new(
+            wire.clone(),
+            tracker.clone(),
+            Duration::from_millis(args.inject_peer_rtt_ms),
+            Duration::from_millis(args.election_timeout_max_ms),
+        );
         let raft_config = openraft::Config {
             cluster_name: "raftd".to_string(),
             election_timeout_min: args.election_timeout_min_ms,
@@ -278,7 +283,7 @@ impl RaftNode {
     }
 
     fn reachability_window(&self) -> Duration {
-        Duration::from_millis(self.args.election_timeout_max_ms * 2)
+        Duration::from_millis(self.args.election_timeout_max_ms + self.args.heartbeat_ms)
     }
 
     /// (reachable voters including self, voters, quorum size)
@@ -667,7 +672,14 @@ impl RaftNode {
             } else {
                 None
             };
-            let lost = since_ack.is_some_and(|d| d >= lease);
+            let lease_expired = since_ack.is_some_and(|d| d >= lease);
+            // A late quorum ack alone can be a slow machine; quorum is lost when, in addition,
+            // a majority of voters has not answered any RPC within the reachability window.
+            let majority_unreachable = lease_expired && {
+                let (reachable, _, needed) = node.reachability();
+                reachable < needed
+            };
+            let lost = majority_unreachable;
             node.quorum_lost.send_if_modified(|v| {
                 if *v != lost {
                     *v = lost;
@@ -678,6 +690,7 @@ impl RaftNode {
             });
             if let Some(d) = since_ack
                 && d >= step_down_after
+                && majority_unreachable
             {
                 let (reachable, voters, needed) = node.reachability();
                 tracing::warn!(
