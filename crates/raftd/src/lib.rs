@@ -1,0 +1,10 @@
+//! raftd: a Raft-replicated key-value server (openraft + redb + tonic + axum).
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod status;
+pub mod store;
+pub mod types;

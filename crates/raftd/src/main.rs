@@ -1,0 +1,75 @@
+//! raftd entry point: parse flags, start the node, serve gRPC and HTTP until signalled.
+use std::process::ExitCode;
+
+use clap::Parser;
+use raft_proto::pb::admin_server::AdminServer;
+use raft_proto::pb::kv_server::KvServer;
+use raft_proto::pb::raft_peer_server::RaftPeerServer;
+use raftd::config::Args;
+use raftd::grpc::{AdminService, KvService, PeerService};
+use raftd::network::MAX_PEER_MESSAGE_BYTES;
+use raftd::node::RaftNode;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_env("RAFTD_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Err(e) = args.validate() {
+        eprintln!("raftd: {e}");
+        return ExitCode::from(2);
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let grpc_listen = args.grpc_listen;
+    let http_listen = args.http_listen;
+    // Bind both ports before starting Raft so a port clash fails fast.
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--grpc-listen {grpc_listen}: {e}"))?;
+    let http_listener = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--http-listen {http_listen}: {e}"))?;
+    let node = RaftNode::start(args).await?;
+    tracing::info!(node = node.id, %grpc_listen, %http_listen, "raftd serving");
+
+    let http = axum::serve(http_listener, raftd::http::router(node.clone()));
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(KvService { node: node.clone() }))
+        .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .add_service(
+            RaftPeerServer::new(PeerService { node: node.clone() })
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::select! {
+        r = grpc => r.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?,
+        r = http => r.map_err(|e| anyhow::anyhow!("http server: {e}"))?,
+        r = shutdown => { r?; tracing::info!("shutting down"); }
+    }
+    let _ = node.raft().shutdown().await;
+    Ok(())
+}

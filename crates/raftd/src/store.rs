@@ -1,0 +1,483 @@
+//! Durable storage on redb: the Raft log store, the KV state machine, and cluster identity.
+//!
+//! One redb database holds every table. Log appends and vote saves commit with
+//! `Durability::Immediate` (fsync before openraft is told the IO is done). State-machine applies
+//! commit with `Durability::None`: redb makes them durable with the next immediate commit, and
+//! if a crash loses one, the applied index rolls back in the same transaction, so openraft
+//! re-applies those entries from the (durable) log. The committed log id is saved too, so a
+//! restarted node re-applies up to it before serving reads.
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::state_machine::{self, KvMap};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(io_err)
+}
+
+fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> io::Result<T> {
+    postcard::from_bytes(b).map_err(io_err)
+}
+
+/// Opens (or creates) the redb database under `dir`.
+pub fn open_database(dir: &Path) -> io::Result<Arc<Database>> {
+    std::fs::create_dir_all(dir)?;
+    let db = Database::create(dir.join("raftd.redb")).map_err(io_err)?;
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        txn.open_table(LOG).map_err(io_err)?;
+        txn.open_table(LOG_META).map_err(io_err)?;
+        txn.open_table(KV).map_err(io_err)?;
+        txn.open_table(SM_META).map_err(io_err)?;
+        txn.open_table(CLUSTER).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)?;
+    Ok(Arc::new(db))
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let t = txn.open_table(table).map_err(io_err)?;
+    match t.get(key).map_err(io_err)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_meta_durable<T: Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> io::Result<()> {
+    let bytes = encode(value)?;
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        let mut t = txn.open_table(table).map_err(io_err)?;
+        t.insert(key, bytes.as_slice()).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// Durable cluster identity: which cluster this node belongs to and the cluster epoch.
+///
+/// The epoch starts at 1 when a cluster is initialized. Recovery from a lost majority (issue 8)
+/// bumps it; peers refuse RPCs whose cluster id or epoch differs from theirs, so a member from
+/// before a recovery cannot rejoin, and lock fencing tokens (issue 4) can include it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
+    pub epoch: u64,
+}
+
+pub fn read_identity(db: &Database) -> io::Result<Option<ClusterIdentity>> {
+    get_meta(db, CLUSTER, "identity")
+}
+
+pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
+    put_meta_durable(db, CLUSTER, "identity", id)
+}
+
+// ------------------------------------------------------------------------------- log store
+
+/// The Raft log on redb. Cloned for log readers; all clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Bound::Included(*e),
+            Bound::Excluded(e) => Bound::Excluded(*e),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let iter = match end {
+            Bound::Included(e) => {
+                if e < start {
+                    return Ok(out);
+                }
+                t.range(start..=e).map_err(io_err)?
+            }
+            Bound::Excluded(e) => {
+                if e <= start {
+                    return Ok(out);
+                }
+                t.range(start..e).map_err(io_err)?
+            }
+            Bound::Unbounded => t.range(start..).map_err(io_err)?,
+        };
+        for item in iter {
+            let (_, v) = item.map_err(io_err)?;
+            out.push(decode::<Entry>(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_range(range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        get_meta(&self.db, LOG_META, "vote")
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogId> = get_meta(&self.db, LOG_META, "last_purged")?;
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        let last = match t.last().map_err(io_err)? {
+            Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_log_id: last.or_else(|| last_purged.clone()),
+            last_purged_log_id: last_purged,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let vote = vote.clone();
+        tokio::task::spawn_blocking(move || put_meta_durable(&db, LOG_META, "vote", &vote))
+            .await
+            .map_err(io_err)?
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not fsynced on its own: it becomes durable with the next log append. A lost update
+        // only means re-applying fewer entries at startup, never applying uncommitted ones.
+        let bytes = encode(&committed)?;
+        let mut txn = self.db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::None).map_err(io_err)?;
+        {
+            let mut t = txn.open_table(LOG_META).map_err(io_err)?;
+            t.insert("committed", bytes.as_slice()).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(get_meta::<Option<LogId>>(&self.db, LOG_META, "committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for e in entries {
+            encoded.push((e.log_id.index, encode(&e)?));
+        }
+        let db = self.db.clone();
+        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let txn = db.begin_write().map_err(io_err)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(io_err)?;
+                for (idx, bytes) in &encoded {
+                    t.insert(*idx, bytes.as_slice()).map_err(io_err)?;
+                }
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?;
+        match res {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let txn = db.begin_write().map_err(io_err)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(io_err)?;
+                t.retain_in(from.., |_, _| false).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let bytes = encode(&log_id)?;
+            let txn = db.begin_write().map_err(io_err)?;
+            {
+                let mut m = txn.open_table(LOG_META).map_err(io_err)?;
+                m.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
+                let mut t = txn.open_table(LOG).map_err(io_err)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
+    }
+}
+
+// ---------------------------------------------------------------------------- state machine
+
+/// The KV data readers see: an in-memory copy of the `kv` table plus the applied index.
+#[derive(Default)]
+pub struct KvState {
+    pub data: RwLock<KvMap>,
+    pub applied_index: AtomicU64,
+    pub applied_term: AtomicU64,
+}
+
+impl KvState {
+    pub fn applied(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    data: Vec<(Vec<u8>, Vec<u8>, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The replicated KV state machine: applies committed commands to redb and to `KvState`.
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    pub state: Arc<KvState>,
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    /// Loads the state machine from the database (the in-memory map is rebuilt from the kv table).
+    pub fn open(db: Arc<Database>) -> io::Result<Self> {
+        let state = Arc::new(KvState::default());
+        {
+            let txn = db.begin_read().map_err(io_err)?;
+            let t = txn.open_table(KV).map_err(io_err)?;
+            let mut map = BTreeMap::new();
+            for item in t.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                let (value, rev): (Vec<u8>, u64) = decode(v.value())?;
+                map.insert(k.value().to_vec(), (value, rev));
+            }
+            *state.data.write().map_err(io_err)? = map;
+        }
+        let applied: Option<LogId> = get_meta::<Option<LogId>>(&db, SM_META, "applied")?.flatten();
+        if let Some(a) = &applied {
+            state.applied_index.store(a.index, Ordering::Release);
+            state.applied_term.store(a.leader_id.term, Ordering::Release);
+        }
+        Ok(Self { db, state, snapshot_seq: 0 })
+    }
+
+    fn build_snapshot_now(&mut self) -> io::Result<Snapshot> {
+        let (applied, membership) = self.applied_state_sync()?;
+        let data = {
+            let map = self.state.data.read().map_err(io_err)?;
+            let payload = SnapshotPayload {
+                data: map.iter().map(|(k, (v, r))| (k.clone(), v.clone(), *r)).collect(),
+            };
+            encode(&payload)?
+        };
+        self.snapshot_seq += 1;
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        put_meta_durable(&self.db, SM_META, "snapshot", &stored)?;
+        Ok(Snapshot { meta, snapshot: data })
+    }
+
+    fn applied_state_sync(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied: Option<LogId> = get_meta::<Option<LogId>>(&self.db, SM_META, "applied")?.flatten();
+        let membership: StoredMembership = get_meta(&self.db, SM_META, "membership")?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        self.build_snapshot_now()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.applied_state_sync()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        let txn = {
+            let mut txn = self.db.begin_write().map_err(io_err)?;
+            txn.set_durability(Durability::None).map_err(io_err)?;
+            txn
+        };
+        let mut responders = Vec::new();
+        let mut last_applied = None;
+        let mut last_membership = None;
+        {
+            let mut kv = txn.open_table(KV).map_err(io_err)?;
+            let mut map = self.state.data.write().map_err(io_err)?;
+            for (entry, responder) in batch {
+                let index = entry.log_id.index;
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResultOrNone::None,
+                    EntryPayload::Normal(cmd) => {
+                        CommandResultOrNone::Some(state_machine::apply(&mut map, &mut kv, index, cmd)?)
+                    }
+                    EntryPayload::Membership(m) => {
+                        last_membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m));
+                        CommandResultOrNone::None
+                    }
+                };
+                last_applied = Some(entry.log_id.clone());
+                if let Some(r) = responder {
+                    let res = match result {
+                        CommandResultOrNone::Some(r) => r,
+                        CommandResultOrNone::None => crate::types::CommandResult {
+                            revision: index,
+                            succeeded: true,
+                            previous: None,
+                        },
+                    };
+                    responders.push((r, res));
+                }
+            }
+        }
+        {
+            let mut meta = txn.open_table(SM_META).map_err(io_err)?;
+            if let Some(a) = &last_applied {
+                meta.insert("applied", encode(&Some(a.clone()))?.as_slice()).map_err(io_err)?;
+            }
+            if let Some(m) = &last_membership {
+                meta.insert("membership", encode(m)?.as_slice()).map_err(io_err)?;
+            }
+        }
+        txn.commit().map_err(io_err)?;
+        if let Some(a) = &last_applied {
+            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
+            self.state.applied_index.store(a.index, Ordering::Release);
+        }
+        for (r, res) in responders {
+            r.send(res);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachineStore { db: self.db.clone(), state: self.state.clone(), snapshot_seq: self.snapshot_seq }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let payload: SnapshotPayload = decode(&snapshot)?;
+        let mut map = BTreeMap::new();
+        let txn = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(io_err)?;
+            kv.retain(|_, _| false).map_err(io_err)?;
+            for (k, v, r) in payload.data {
+                kv.insert(k.as_slice(), encode(&(v.clone(), r))?.as_slice()).map_err(io_err)?;
+                map.insert(k, (v, r));
+            }
+            let mut m = txn.open_table(SM_META).map_err(io_err)?;
+            m.insert("applied", encode(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
+            m.insert("membership", encode(&meta.last_membership)?.as_slice()).map_err(io_err)?;
+            let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
+            m.insert("snapshot", encode(&stored)?.as_slice()).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)?;
+        *self.state.data.write().map_err(io_err)? = map;
+        if let Some(a) = &meta.last_log_id {
+            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
+            self.state.applied_index.store(a.index, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let stored: Option<StoredSnapshot> = get_meta(&self.db, SM_META, "snapshot")?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
+    }
+}
+
+enum CommandResultOrNone {
+    Some(crate::types::CommandResult),
+    None,
+}

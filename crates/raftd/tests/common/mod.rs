@@ -1,0 +1,77 @@
+//! Shared helpers for the multi-process tests: start a local cluster of real raftd processes.
+#![allow(dead_code, clippy::unwrap_used)]
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use raft_local::{ClusterGuard, LocalCluster, UpOptions};
+use raft_proto::RaftClient;
+use raft_proto::pb::StatusResponse;
+
+pub fn raftd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raftd"))
+}
+
+pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (ClusterGuard, tempdirs::Dir) {
+    let dir = tempdirs::Dir::new(name);
+    let c = LocalCluster::up(
+        &dir.0,
+        UpOptions {
+            nodes,
+            raftd_bin: raftd_bin(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            leader_timeout: Duration::from_secs(20),
+        },
+    )
+    .await
+    .expect("local cluster up");
+    (ClusterGuard(c), dir)
+}
+
+pub mod tempdirs {
+    /// A temp dir kept on failure (for the logs) and removed on success.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let base = std::env::temp_dir().join(format!("raftd-test-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(&base).unwrap();
+            Dir(base)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            } else {
+                eprintln!("kept test dir with logs: {}", self.0.display());
+            }
+        }
+    }
+}
+
+pub async fn status(client: &RaftClient, addr: &str) -> Option<StatusResponse> {
+    client.status_of(addr).await.ok()
+}
+
+/// The id of the node that reports itself leader (among running nodes), polling up to `timeout`.
+pub async fn leader(c: &LocalCluster, timeout: Duration) -> Option<u64> {
+    let client = c.client().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        for n in &c.nodes {
+            if c.is_running(n.id)
+                && let Some(s) = status(&client, &n.grpc_addr).await
+                && s.role == "leader"
+            {
+                return Some(s.id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// A client talking to one node only (no leader following across nodes).
+pub fn node_client(c: &LocalCluster, id: u64) -> RaftClient {
+    RaftClient::new(&[c.node(id).unwrap().grpc_addr.clone()]).unwrap()
+}
