@@ -24,6 +24,6 @@ test-sandbox-unit:
 
 # End-to-end tests need the sandbox; they bring it up first (a no-op when it is already up).
 test-sandbox-e2e: sandbox-up
-	KUBECONFIG=/var/lib/raft-sandbox/kubeconfig $(CARGO) test --test sandbox_e2e -- --test-threads=1
+	KUBECONFIG=/var/lib/raft-sandbox/kubeconfig $(CARGO) test --features sandbox-e2e --test sandbox_e2e -- --test-threads=1
 
 TEST_TARGETS += test-sandbox-unit

@@ -7,7 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
-cache="${RAFT_SANDBOX_CACHE:-/var/cache/raft-operator}"
+cache="${RAFT_SANDBOX_CACHE:-${RAFT_CACHE_DIR:-/var/cache/raft-operator}}"
 log() { printf '[sandbox-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 k8s_dir="$cache/k8s-v$K8S_VERSION"

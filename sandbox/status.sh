@@ -11,5 +11,5 @@ if [[ $up -eq 0 ]]; then echo "sandbox is down"; exit 3; fi
 echo "KUBECONFIG=$KUBECONFIG_PATH"
 kubectl --kubeconfig "$KUBECONFIG_PATH" get nodes -L topology.kubernetes.io/zone 2>&1
 echo "network namespaces: $(ip netns list 2>/dev/null | grep -c '^sbx-')"
-[[ -x $REPO_ROOT/target/debug/sandboxctl ]] && "$REPO_ROOT/target/debug/sandboxctl" pods
+[[ -x $TARGET_DIR/debug/sandboxctl ]] && "$TARGET_DIR/debug/sandboxctl" pods
 [[ $up -eq ${#COMPONENTS[@]} ]] || exit 1

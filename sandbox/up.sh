@@ -26,7 +26,7 @@ done
 "$SANDBOX_SRC/build-binaries.sh" all
 log "building the node agent (cargo build -p sandbox-node)"
 (cd "$REPO_ROOT" && cargo build -p sandbox-node --bins)
-AGENT="$REPO_ROOT/target/debug/sandbox-node"
+AGENT="$TARGET_DIR/debug/sandbox-node"
 t_built=$SECONDS
 
 mkdir -p "$RUN_DIR/pids" "$HOME_DIR"/{pki,logs,etcd,volumes}
@@ -161,7 +161,7 @@ kubectl --kubeconfig "$KUBECONFIG_PATH" apply -f "$SANDBOX_SRC/manifests/" >/dev
 log "applied sandbox manifests (default StorageClass, CoreDNS RBAC)"
 
 # 6. The node agent.
-sed -e "s#@STATE_DIR@#$RUN_DIR#; s#@DATA_DIR@#$HOME_DIR#; s#@AGENT@#$AGENT#; s#@REPO@#$REPO_ROOT#g; s#@K8S_VERSION@#$K8S_VERSION#" \
+sed -e "s#@STATE_DIR@#$RUN_DIR#; s#@DATA_DIR@#$HOME_DIR#; s#@AGENT@#$AGENT#; s#@TARGET@#$TARGET_DIR#g; s#@K8S_VERSION@#$K8S_VERSION#" \
   "$SANDBOX_SRC/sandbox.yaml.in" >"$RUN_DIR/sandbox.yaml"
 start sandbox-node env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
   "$AGENT" agent --config "$RUN_DIR/sandbox.yaml"

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sandbox_node::faults::Faults;
@@ -33,37 +35,48 @@ async fn client() -> Client {
 
 /// A fresh namespace, deleted when the test ends.
 struct TestNamespace {
-    client: Client,
     name: String,
 }
 
 impl TestNamespace {
     async fn new(client: &Client, prefix: &str) -> Self {
-        let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000;
         let name = format!("e2e-{prefix}-{suffix}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        namespaces.create(&PostParams::default(), &ns).await.expect("creating test namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating test namespace");
         // The service-account controller creates `default`; pods need it.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_until(Duration::from_secs(30), "default service account", || async {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_until(
+            Duration::from_secs(30),
+            "default service account",
+            || async { sas.get_opt("default").await.ok().flatten().is_some() },
+        )
         .await;
-        Self { client: client.clone(), name }
+        Self { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
         let name = self.name.clone();
-        // Best effort: the namespace lifecycle controller and GC remove its contents.
+        // Best effort: the namespace controller and GC remove its contents. A fresh client on a
+        // fresh runtime: the test's client is bound to the test runtime, which is blocked here.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
+            let rt = tokio::runtime::Runtime::new().expect("runtime for namespace cleanup");
             rt.block_on(async {
-                let namespaces: Api<Namespace> = Api::all(client);
-                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                if let Ok(client) = Client::try_default().await {
+                    let namespaces: Api<Namespace> = Api::all(client);
+                    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                }
             });
         })
         .join();
@@ -80,7 +93,10 @@ where
         if check().await {
             return;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -96,7 +112,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -109,7 +128,10 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 fn pod_ip(pod: &Pod) -> String {
-    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod has an IP")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod has an IP")
 }
 
 fn restart_count(pod: &Pod) -> i32 {
@@ -181,25 +203,56 @@ fn headless_service(name: &str) -> Service {
 
 async fn create_echo_set(client: &Client, ns: &str, name: &str, replicas: i32) -> Vec<Pod> {
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    services.create(&PostParams::default(), &headless_service(name)).await.expect("creating headless service");
+    services
+        .create(&PostParams::default(), &headless_service(name))
+        .await
+        .expect("creating headless service");
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    sets.create(&PostParams::default(), &echo_statefulset(name, replicas, None)).await.expect("creating statefulset");
-    wait_ready_pods(client, ns, name, replicas as usize, Duration::from_secs(120)).await
+    sets.create(
+        &PostParams::default(),
+        &echo_statefulset(name, replicas, None),
+    )
+    .await
+    .expect("creating statefulset");
+    wait_ready_pods(
+        client,
+        ns,
+        name,
+        replicas as usize,
+        Duration::from_secs(120),
+    )
+    .await
 }
 
-async fn wait_ready_pods(client: &Client, ns: &str, app: &str, count: usize, timeout: Duration) -> Vec<Pod> {
+async fn wait_ready_pods(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = ListParams::default().labels(&format!("app={app}"));
-    let mut ready: Vec<Pod> = poll_for(timeout, &format!("{count} ready pods of {ns}/{app}"), || {
-        let pods = pods.clone();
-        let selector = selector.clone();
-        async move {
-            let list = pods.list(&selector).await.map(|l| l.items).unwrap_or_default();
-            let ready: Vec<Pod> =
-                list.into_iter().filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none()).collect();
-            (ready.len() == count).then_some(ready)
-        }
-    })
+    let mut ready: Vec<Pod> = poll_for(
+        timeout,
+        &format!("{count} ready pods of {ns}/{app}"),
+        || {
+            let pods = pods.clone();
+            let selector = selector.clone();
+            async move {
+                let list = pods
+                    .list(&selector)
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+                let ready: Vec<Pod> = list
+                    .into_iter()
+                    .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                (ready.len() == count).then_some(ready)
+            }
+        },
+    )
     .await;
     ready.sort_by_key(|p| p.name_any());
     ready
@@ -213,12 +266,23 @@ async fn node_zones(client: &Client) -> BTreeMap<String, String> {
         .unwrap()
         .items
         .into_iter()
-        .map(|n| (n.name_any(), n.labels().get("topology.kubernetes.io/zone").cloned().unwrap_or_default()))
+        .map(|n| {
+            (
+                n.name_any(),
+                n.labels()
+                    .get("topology.kubernetes.io/zone")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
 fn node_of(pod: &Pod) -> String {
-    pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("pod is bound")
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("pod is bound")
 }
 
 async fn get(ip: &str, path: &str) -> anyhow::Result<http::Response> {
@@ -229,7 +293,11 @@ async fn get(ip: &str, path: &str) -> anyhow::Result<http::Response> {
 async fn six_ready_nodes_in_three_zones_with_fresh_leases() {
     let client = client().await;
     let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default().labels("sandbox.raft-operator.io/node=true")).await.unwrap().items;
+    let list = nodes
+        .list(&ListParams::default().labels("sandbox.raft-operator.io/node=true"))
+        .await
+        .unwrap()
+        .items;
     let ready: Vec<&Node> = list
         .iter()
         .filter(|n| {
@@ -239,22 +307,50 @@ async fn six_ready_nodes_in_three_zones_with_fresh_leases() {
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .collect();
-    assert!(ready.len() >= 6, "expected >= 6 Ready nodes, got {}", ready.len());
+    assert!(
+        ready.len() >= 6,
+        "expected >= 6 Ready nodes, got {}",
+        ready.len()
+    );
     let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
     for n in &ready {
         let labels = n.labels();
-        assert_eq!(labels.get("topology.kubernetes.io/region").map(String::as_str), Some("sandbox"));
-        *per_zone.entry(labels.get("topology.kubernetes.io/zone").cloned().unwrap_or_default()).or_default() += 1;
+        assert_eq!(
+            labels
+                .get("topology.kubernetes.io/region")
+                .map(String::as_str),
+            Some("sandbox")
+        );
+        *per_zone
+            .entry(
+                labels
+                    .get("topology.kubernetes.io/zone")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
     }
     for zone in ZONES {
-        assert!(per_zone.get(zone).copied().unwrap_or(0) >= 2, "zone {zone} has < 2 Ready nodes: {per_zone:?}");
+        assert!(
+            per_zone.get(zone).copied().unwrap_or(0) >= 2,
+            "zone {zone} has < 2 Ready nodes: {per_zone:?}"
+        );
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     for n in &ready {
         let lease = leases.get(&n.name_any()).await.expect("node lease exists");
-        let renewed = lease.spec.and_then(|s| s.renew_time).expect("lease has renewTime").0;
+        let renewed = lease
+            .spec
+            .and_then(|s| s.renew_time)
+            .expect("lease has renewTime")
+            .0;
         let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed);
-        assert!(age.as_secs() < 40, "lease of {} is {}s old", n.name_any(), age.as_secs());
+        assert!(
+            age.as_secs() < 40,
+            "lease of {} is {}s old",
+            n.name_any(),
+            age.as_secs()
+        );
     }
 }
 
@@ -268,11 +364,18 @@ async fn statefulset_spreads_two_per_zone_resolves_and_talks() {
     for p in &pods {
         *per_zone.entry(zones[&node_of(p)].clone()).or_default() += 1;
     }
-    assert_eq!(per_zone, ZONES.iter().map(|z| (z.to_string(), 2)).collect::<BTreeMap<_, _>>());
+    assert_eq!(
+        per_zone,
+        ZONES
+            .iter()
+            .map(|z| (z.to_string(), 2))
+            .collect::<BTreeMap<_, _>>()
+    );
 
     // Downward API and pod identity: the pod sees its own name, namespace and IP.
     for p in &pods {
-        let who: serde_json::Value = serde_json::from_str(&get(&pod_ip(p), "/whoami").await.unwrap().body).unwrap();
+        let who: serde_json::Value =
+            serde_json::from_str(&get(&pod_ip(p), "/whoami").await.unwrap().body).unwrap();
         assert_eq!(who["pod"], p.name_any());
         assert_eq!(who["namespace"], ns.name);
         assert_eq!(who["ip"], pod_ip(p));
@@ -295,8 +398,18 @@ async fn statefulset_spreads_two_per_zone_resolves_and_talks() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(resolved, "{} could not resolve {fqdn} to {}: {last}", p.name_any(), pod_ip(peer));
-        let r = get(&pod_ip(p), &format!("/fetch?host={fqdn}&port=8080&path=/whoami")).await.unwrap();
+        assert!(
+            resolved,
+            "{} could not resolve {fqdn} to {}: {last}",
+            p.name_any(),
+            pod_ip(peer)
+        );
+        let r = get(
+            &pod_ip(p),
+            &format!("/fetch?host={fqdn}&port=8080&path=/whoami"),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{} -> {fqdn}: {}", p.name_any(), r.body);
         let who: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(who["pod"], peer.name_any());
@@ -306,14 +419,30 @@ async fn statefulset_spreads_two_per_zone_resolves_and_talks() {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for p in &pods {
         let claim = claims.get(&format!("data-{}", p.name_any())).await.unwrap();
-        let pv = pvs.get(claim.spec.unwrap().volume_name.as_deref().unwrap()).await.unwrap();
-        assert_eq!(pv.labels().get("topology.kubernetes.io/zone"), Some(&zones[&node_of(p)]));
+        let pv = pvs
+            .get(claim.spec.unwrap().volume_name.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            pv.labels().get("topology.kubernetes.io/zone"),
+            Some(&zones[&node_of(p)])
+        );
     }
     // The projected service-account token volume is mounted where in-cluster clients look.
-    let token = get(&pod_ip(&pods[0]), "/file?path=/var/run/secrets/kubernetes.io/serviceaccount/token").await.unwrap();
+    let token = get(
+        &pod_ip(&pods[0]),
+        "/file?path=/var/run/secrets/kubernetes.io/serviceaccount/token",
+    )
+    .await
+    .unwrap();
     assert_eq!(token.status, 200, "token: {}", token.body);
     assert_eq!(token.body.split('.').count(), 3, "token is a JWT");
-    let sa_ns = get(&pod_ip(&pods[0]), "/file?path=/var/run/secrets/kubernetes.io/serviceaccount/namespace").await.unwrap();
+    let sa_ns = get(
+        &pod_ip(&pods[0]),
+        "/file?path=/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    )
+    .await
+    .unwrap();
     assert_eq!(sa_ns.body, ns.name);
 }
 
@@ -335,12 +464,21 @@ async fn cluster_ip_service_reaches_pods_from_pods_and_host() {
         matches!(http::get(&cluster_ip, 80, "/whoami", Duration::from_secs(2)).await, Ok(r) if r.status == 200)
     })
     .await;
-    let r = get(&pod_ip(&pods[0]), &format!("/fetch?host=front.{}.svc.cluster.local&port=80&path=/whoami", ns.name))
-        .await
-        .unwrap();
+    let r = get(
+        &pod_ip(&pods[0]),
+        &format!(
+            "/fetch?host=front.{}.svc.cluster.local&port=80&path=/whoami",
+            ns.name
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "pod -> service: {}", r.body);
     let who: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    assert!(names.contains(who["pod"].as_str().unwrap()), "answered by {who}");
+    assert!(
+        names.contains(who["pod"].as_str().unwrap()),
+        "answered by {who}"
+    );
 }
 
 #[tokio::test]
@@ -352,32 +490,58 @@ async fn killed_process_restarts_and_recreated_pod_keeps_pvc_data() {
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let before = restart_count(pod);
 
-    Faults::running().unwrap().kill(&ns.name, "db-0", None).expect("killing db-0");
-    wait_until(Duration::from_secs(60), "restartCount to rise and the pod to be Ready again", || async {
-        let p = api.get("db-0").await.unwrap();
-        restart_count(&p) > before && is_ready(&p)
-    })
+    Faults::running()
+        .unwrap()
+        .kill(&ns.name, "db-0", None)
+        .expect("killing db-0");
+    wait_until(
+        Duration::from_secs(60),
+        "restartCount to rise and the pod to be Ready again",
+        || async {
+            let p = api.get("db-0").await.unwrap();
+            restart_count(&p) > before && is_ready(&p)
+        },
+    )
     .await;
 
     let marker = format!("written-by-test-{}", pod.uid().unwrap());
-    let r = http::request("PUT", &pod_ip(pod), 8080, "/data", marker.as_bytes(), Duration::from_secs(8)).await.unwrap();
+    let r = http::request(
+        "PUT",
+        &pod_ip(pod),
+        8080,
+        "/data",
+        marker.as_bytes(),
+        Duration::from_secs(8),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 
     api.delete("db-0", &DeleteParams::default()).await.unwrap();
     let old_uid = pod.uid().unwrap();
-    let new_pod = poll_for(Duration::from_secs(90), "db-0 to be recreated and Ready", || {
-        let api = api.clone();
-        let old_uid = old_uid.clone();
-        async move {
-            match api.get_opt("db-0").await {
-                Ok(Some(p)) if p.uid().as_deref() != Some(old_uid.as_str()) && is_ready(&p) => Some(p),
-                _ => None,
+    let new_pod = poll_for(
+        Duration::from_secs(90),
+        "db-0 to be recreated and Ready",
+        || {
+            let api = api.clone();
+            let old_uid = old_uid.clone();
+            async move {
+                match api.get_opt("db-0").await {
+                    Ok(Some(p)) if p.uid().as_deref() != Some(old_uid.as_str()) && is_ready(&p) => {
+                        Some(p)
+                    }
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let r = get(&pod_ip(&new_pod), "/data").await.unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, marker.as_str()), "PVC data survived the pod");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, marker.as_str()),
+        "PVC data survived the pod"
+    );
 }
 
 /// Brings the zone back even when an assertion fails, so later tests see a whole sandbox.
@@ -397,8 +561,16 @@ async fn zone_down_makes_pods_unready_and_unreachable_and_zone_up_restores() {
     let ns = TestNamespace::new(&client, "zone").await;
     let pods = create_echo_set(&client, &ns.name, "z", 3).await;
     let zones = node_zones(&client).await;
-    let in_a = pods.iter().find(|p| zones[&node_of(p)] == "zone-a").expect("one pod per zone").clone();
-    let in_b = pods.iter().find(|p| zones[&node_of(p)] == "zone-b").expect("one pod per zone").clone();
+    let in_a = pods
+        .iter()
+        .find(|p| zones[&node_of(p)] == "zone-a")
+        .expect("one pod per zone")
+        .clone();
+    let in_b = pods
+        .iter()
+        .find(|p| zones[&node_of(p)] == "zone-b")
+        .expect("one pod per zone")
+        .clone();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let nodes: Api<Node> = Api::all(client.clone());
     let node_ready = |n: &Node| {
@@ -411,7 +583,10 @@ async fn zone_down_makes_pods_unready_and_unreachable_and_zone_up_restores() {
     let guard = ZoneUpOnDrop("zone-a");
     Faults::running().unwrap().zone_down("zone-a").unwrap();
     wait_until(Duration::from_secs(30), "zone-a nodes NotReady", || async {
-        let list = nodes.list(&ListParams::default().labels("topology.kubernetes.io/zone=zone-a")).await.unwrap();
+        let list = nodes
+            .list(&ListParams::default().labels("topology.kubernetes.io/zone=zone-a"))
+            .await
+            .unwrap();
         list.items.iter().all(|n| !node_ready(n))
     })
     .await;
@@ -419,18 +594,40 @@ async fn zone_down_makes_pods_unready_and_unreachable_and_zone_up_restores() {
         !is_ready(&api.get(&in_a.name_any()).await.unwrap())
     })
     .await;
-    assert!(get(&pod_ip(&in_a), "/healthz").await.is_err(), "zone-a pod must be unreachable from the host");
-    let r = get(&pod_ip(&in_b), &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(&in_a))).await.unwrap();
-    assert_eq!(r.status, 502, "zone-a pod must be unreachable from zone-b: {}", r.body);
-    assert!(is_ready(&api.get(&in_b.name_any()).await.unwrap()), "zone-b pod stays Ready");
+    assert!(
+        get(&pod_ip(&in_a), "/healthz").await.is_err(),
+        "zone-a pod must be unreachable from the host"
+    );
+    let r = get(
+        &pod_ip(&in_b),
+        &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(&in_a)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status, 502,
+        "zone-a pod must be unreachable from zone-b: {}",
+        r.body
+    );
+    assert!(
+        is_ready(&api.get(&in_b.name_any()).await.unwrap()),
+        "zone-b pod stays Ready"
+    );
 
     Faults::running().unwrap().zone_up("zone-a").unwrap();
     drop(guard);
-    wait_until(Duration::from_secs(60), "zone-a pod Ready again", || async {
-        is_ready(&api.get(&in_a.name_any()).await.unwrap())
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "zone-a pod Ready again",
+        || async { is_ready(&api.get(&in_a.name_any()).await.unwrap()) },
+    )
     .await;
-    let r = get(&pod_ip(&in_b), &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(&in_a))).await.unwrap();
+    let r = get(
+        &pod_ip(&in_b),
+        &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(&in_a)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "zone-a pod reachable again: {}", r.body);
 }
 
@@ -442,11 +639,25 @@ async fn partition_cuts_a_pod_off_and_heal_restores() {
     let (a, b) = (&pods[0], &pods[1]);
     let faults = Faults::running().unwrap();
     faults.partition(&ns.name, &a.name_any()).unwrap();
-    let r = get(&pod_ip(b), &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(a))).await.unwrap();
+    let r = get(
+        &pod_ip(b),
+        &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(a)),
+    )
+    .await
+    .unwrap();
     let heal_result = faults.heal(&ns.name, &a.name_any());
-    assert_eq!(r.status, 502, "partitioned pod must be unreachable from its peer: {}", r.body);
+    assert_eq!(
+        r.status, 502,
+        "partitioned pod must be unreachable from its peer: {}",
+        r.body
+    );
     heal_result.unwrap();
-    let r = get(&pod_ip(b), &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(a))).await.unwrap();
+    let r = get(
+        &pod_ip(b),
+        &format!("/fetch?host={}&port=8080&path=/healthz", pod_ip(a)),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "healed pod reachable: {}", r.body);
 }
 
@@ -458,19 +669,39 @@ async fn deleting_the_owner_garbage_collects_the_statefulset() {
     let owner: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap();
     let owner = cms.create(&PostParams::default(), &owner).await.unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    services.create(&PostParams::default(), &headless_service("owned")).await.unwrap();
+    services
+        .create(&PostParams::default(), &headless_service("owned"))
+        .await
+        .unwrap();
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
-    sets.create(&PostParams::default(), &echo_statefulset("owned", 1, Some(&owner))).await.unwrap();
+    sets.create(
+        &PostParams::default(),
+        &echo_statefulset("owned", 1, Some(&owner)),
+    )
+    .await
+    .unwrap();
     wait_ready_pods(&client, &ns.name, "owned", 1, Duration::from_secs(90)).await;
 
-    cms.delete("owner", &DeleteParams::background()).await.unwrap();
-    wait_until(Duration::from_secs(60), "garbage collection of the StatefulSet", || async {
-        sets.get_opt("owned").await.unwrap().is_none()
-    })
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "garbage collection of the StatefulSet",
+        || async { sets.get_opt("owned").await.unwrap().is_none() },
+    )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    wait_until(Duration::from_secs(60), "garbage collection of its pods", || async {
-        pods.list(&ListParams::default().labels("app=owned")).await.unwrap().items.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "garbage collection of its pods",
+        || async {
+            pods.list(&ListParams::default().labels("app=owned"))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        },
+    )
     .await;
 }

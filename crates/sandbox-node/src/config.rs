@@ -92,24 +92,42 @@ impl SandboxConfig {
             }
         }
         if self.bridge.len() > 15 {
-            bail!("sandbox config: `bridge` must be at most 15 characters (a Linux interface name)");
+            bail!(
+                "sandbox config: `bridge` must be at most 15 characters (a Linux interface name)"
+            );
         }
         self.gateway
             .parse::<std::net::Ipv4Addr>()
-            .with_context(|| format!("sandbox config: `gateway` {:?} is not an IPv4 address", self.gateway))?;
-        self.first_pod_ip.parse::<std::net::Ipv4Addr>().with_context(|| {
-            format!("sandbox config: `firstPodIp` {:?} is not an IPv4 address", self.first_pod_ip)
-        })?;
+            .with_context(|| {
+                format!(
+                    "sandbox config: `gateway` {:?} is not an IPv4 address",
+                    self.gateway
+                )
+            })?;
+        self.first_pod_ip
+            .parse::<std::net::Ipv4Addr>()
+            .with_context(|| {
+                format!(
+                    "sandbox config: `firstPodIp` {:?} is not an IPv4 address",
+                    self.first_pod_ip
+                )
+            })?;
         self.pod_prefix_len()?;
         Ok(())
     }
 
     /// Prefix length of `podCidr`.
     pub fn pod_prefix_len(&self) -> Result<u8> {
-        let prefix = self.pod_cidr.split_once('/').and_then(|(_, p)| p.parse::<u8>().ok());
+        let prefix = self
+            .pod_cidr
+            .split_once('/')
+            .and_then(|(_, p)| p.parse::<u8>().ok());
         match prefix {
             Some(p) if (8..=30).contains(&p) => Ok(p),
-            _ => bail!("sandbox config: `podCidr` {:?} must look like 10.88.0.0/16 (prefix 8..30)", self.pod_cidr),
+            _ => bail!(
+                "sandbox config: `podCidr` {:?} must look like 10.88.0.0/16 (prefix 8..30)",
+                self.pod_cidr
+            ),
         }
     }
 
@@ -123,7 +141,10 @@ impl SandboxConfig {
 
     /// The zone of a node this agent owns, if it owns it.
     pub fn zone_of(&self, node: &str) -> Option<&str> {
-        self.nodes.iter().find(|n| n.name == node).map(|n| n.zone.as_str())
+        self.nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.zone.as_str())
     }
 
     /// Resolves an image reference to (executable, default args).
@@ -131,9 +152,14 @@ impl SandboxConfig {
         let (repo, tag) = split_image(image);
         let Some(entry) = self.images.get(repo) else {
             let known: Vec<&String> = self.images.keys().collect();
-            bail!("image {image:?}: repository {repo:?} is not in the sandbox image map (known: {known:?})");
+            bail!(
+                "image {image:?}: repository {repo:?} is not in the sandbox image map (known: {known:?})"
+            );
         };
-        Ok((entry.executable.replace("{tag}", tag), entry.default_args.clone()))
+        Ok((
+            entry.executable.replace("{tag}", tag),
+            entry.default_args.clone(),
+        ))
     }
 }
 

@@ -18,9 +18,12 @@ use tracing::{info, warn};
 /// Runs the server on `0.0.0.0:port` until the process is terminated.
 pub async fn serve(port: u16, data_dir: Option<PathBuf>) -> Result<()> {
     if let Some(dir) = &data_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
     }
-    let listener = TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("binding port {port}"))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("binding port {port}"))?;
     info!(port, "echo-server listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
@@ -77,14 +80,20 @@ async fn handle(mut stream: TcpStream, data_dir: Option<PathBuf>) -> Result<()> 
     let method = first.next().unwrap_or_default().to_string();
     let target = first.next().unwrap_or("/").to_string();
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
-    let params: HashMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let params: HashMap<&str, &str> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
     let (status, reply) = route(&method, path, &params, body, data_dir.as_deref()).await;
     let response = format!(
         "HTTP/1.0 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{reply}",
         if status < 400 { "OK" } else { "Error" },
         reply.len()
     );
-    stream.write_all(response.as_bytes()).await.context("writing response")?;
+    stream
+        .write_all(response.as_bytes())
+        .await
+        .context("writing response")?;
     Ok(())
 }
 
@@ -98,7 +107,9 @@ async fn route(
     match (method, path) {
         ("GET", "/healthz") => (200, "ok".into()),
         ("GET", "/whoami") => {
-            let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let hostname = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let who = serde_json::json!({
                 "pod": std::env::var("POD_NAME").unwrap_or_default(),
                 "namespace": std::env::var("POD_NAMESPACE").unwrap_or_default(),
@@ -108,7 +119,9 @@ async fn route(
             (200, who.to_string())
         }
         ("GET", "/resolve") => {
-            let Some(name) = params.get("name") else { return (400, "missing query parameter `name`".into()) };
+            let Some(name) = params.get("name") else {
+                return (400, "missing query parameter `name`".into());
+            };
             match tokio::net::lookup_host((*name, 0)).await {
                 Ok(addrs) => {
                     let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
@@ -118,9 +131,14 @@ async fn route(
             }
         }
         ("GET", "/fetch") => {
-            let (Some(host), Some(port)) = (params.get("host"), params.get("port").and_then(|p| p.parse::<u16>().ok()))
-            else {
-                return (400, "need query parameters `host` and numeric `port`".into());
+            let (Some(host), Some(port)) = (
+                params.get("host"),
+                params.get("port").and_then(|p| p.parse::<u16>().ok()),
+            ) else {
+                return (
+                    400,
+                    "need query parameters `host` and numeric `port`".into(),
+                );
             };
             let path = params.get("path").copied().unwrap_or("/whoami");
             match crate::http::get(host, port, path, Duration::from_secs(3)).await {
@@ -130,21 +148,27 @@ async fn route(
             }
         }
         ("GET", "/file") => {
-            let Some(path) = params.get("path") else { return (400, "missing query parameter `path`".into()) };
+            let Some(path) = params.get("path") else {
+                return (400, "missing query parameter `path`".into());
+            };
             match std::fs::read_to_string(path) {
                 Ok(s) => (200, s),
                 Err(e) => (404, format!("reading {path}: {e}")),
             }
         }
         ("GET", "/env") => {
-            let Some(name) = params.get("name") else { return (400, "missing query parameter `name`".into()) };
+            let Some(name) = params.get("name") else {
+                return (400, "missing query parameter `name`".into());
+            };
             match std::env::var(name) {
                 Ok(v) => (200, v),
                 Err(_) => (404, format!("{name} is not set")),
             }
         }
         (_, "/data") => {
-            let Some(dir) = data_dir else { return (404, "no DATA_DIR configured".into()) };
+            let Some(dir) = data_dir else {
+                return (404, "no DATA_DIR configured".into());
+            };
             let file = dir.join("data");
             if method == "PUT" {
                 match std::fs::write(&file, body) {

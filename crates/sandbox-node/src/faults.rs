@@ -30,7 +30,9 @@ pub struct Faults {
 impl Faults {
     /// Uses the running sandbox's configuration.
     pub fn running() -> Result<Self> {
-        Ok(Self { config: SandboxConfig::load_running()? })
+        Ok(Self {
+            config: SandboxConfig::load_running()?,
+        })
     }
 
     /// Uses an explicit configuration.
@@ -53,7 +55,13 @@ impl Faults {
     }
 
     /// Sends `signal` to the process group of `container` (or every container) of a pod.
-    pub fn signal(&self, namespace: &str, name: &str, container: Option<&str>, signal: Signal) -> Result<()> {
+    pub fn signal(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: Option<&str>,
+        signal: Signal,
+    ) -> Result<()> {
         let record = self.pod(namespace, name)?;
         let targets: Vec<(&String, &i32)> = record
             .containers
@@ -63,13 +71,16 @@ impl Faults {
         if targets.is_empty() {
             bail!(
                 "pod {namespace}/{name}: no running container{} (running: {:?})",
-                container.map(|c| format!(" named {c:?}")).unwrap_or_default(),
+                container
+                    .map(|c| format!(" named {c:?}"))
+                    .unwrap_or_default(),
                 record.containers.keys().collect::<Vec<_>>()
             );
         }
         for (c, pid) in targets {
-            killpg(Pid::from_raw(*pid), signal)
-                .with_context(|| format!("sending {signal} to {namespace}/{name} container {c} (pid {pid})"))?;
+            killpg(Pid::from_raw(*pid), signal).with_context(|| {
+                format!("sending {signal} to {namespace}/{name} container {c} (pid {pid})")
+            })?;
             info!(pod = %format!("{namespace}/{name}"), container = %c, pid, %signal, "signalled");
         }
         Ok(())
@@ -147,9 +158,13 @@ impl Faults {
     pub fn zone_down(&self, zone: &str) -> Result<()> {
         self.check_zone(zone)?;
         let marker_dir = state::zone_down_dir(self.state_dir());
-        std::fs::create_dir_all(&marker_dir).with_context(|| format!("creating {}", marker_dir.display()))?;
+        std::fs::create_dir_all(&marker_dir)
+            .with_context(|| format!("creating {}", marker_dir.display()))?;
         std::fs::write(marker_dir.join(zone), b"down\n").context("writing zone-down marker")?;
-        for record in state::list_records(self.state_dir())?.iter().filter(|r| r.zone == zone) {
+        for record in state::list_records(self.state_dir())?
+            .iter()
+            .filter(|r| r.zone == zone)
+        {
             for pid in record.containers.values() {
                 // A process may have exited between listing and signalling; that is fine.
                 let _ = killpg(Pid::from_raw(*pid), Signal::SIGSTOP);
@@ -163,7 +178,10 @@ impl Faults {
     /// Brings a zone back: network up, processes continued, nodes heartbeating again.
     pub fn zone_up(&self, zone: &str) -> Result<()> {
         self.check_zone(zone)?;
-        for record in state::list_records(self.state_dir())?.iter().filter(|r| r.zone == zone) {
+        for record in state::list_records(self.state_dir())?
+            .iter()
+            .filter(|r| r.zone == zone)
+        {
             ip(&["link", "set", &record.host_veth, "up"])?;
             for pid in record.containers.values() {
                 let _ = killpg(Pid::from_raw(*pid), Signal::SIGCONT);
@@ -188,9 +206,16 @@ fn iptables(netns: &str, args: &[&str]) -> Result<()> {
 
 /// Runs `ip ARGS` and fails with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running `ip` (is iproute2 installed?)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -58,8 +58,9 @@ enum Command {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -69,10 +70,27 @@ fn init_tracing() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::PodExec { netns, hostname, mounts, workdir, state_dir, argv } => {
+        Command::PodExec {
+            netns,
+            hostname,
+            mounts,
+            workdir,
+            state_dir,
+            argv,
+        } => {
             // Single-threaded on purpose: setns/unshare apply to the calling thread only.
-            let mounts = mounts.iter().map(|m| BindMount::parse(m)).collect::<Result<Vec<_>>>()?;
-            let spec = PodExec { netns_path: netns, hostname, mounts, workdir, state_dir, argv };
+            let mounts = mounts
+                .iter()
+                .map(|m| BindMount::parse(m))
+                .collect::<Result<Vec<_>>>()?;
+            let spec = PodExec {
+                netns_path: netns,
+                hostname,
+                mounts,
+                workdir,
+                state_dir,
+                argv,
+            };
             match podexec::run(&spec) {
                 Ok(never) => match never {},
                 Err(e) => {

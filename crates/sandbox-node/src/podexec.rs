@@ -49,7 +49,11 @@ impl BindMount {
         if !source.starts_with('/') || !target.starts_with('/') {
             bail!("--mount {arg:?}: SOURCE and TARGET must be absolute paths");
         }
-        Ok(Self { source: source.into(), target: target.into(), read_only })
+        Ok(Self {
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        })
     }
 }
 
@@ -80,8 +84,14 @@ pub fn run(spec: &PodExec) -> Result<std::convert::Infallible> {
     setns(&netns, CloneFlags::CLONE_NEWNET).context("entering the pod's network namespace")?;
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
         .context("creating the pod's mount and UTS namespaces")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("making mounts private to the pod")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making mounts private to the pod")?;
     for m in &spec.mounts {
         bind(m, &spec.state_dir)?;
     }
@@ -113,8 +123,20 @@ fn bind(m: &BindMount, state_dir: &Path) -> Result<()> {
         .with_context(|| format!("creating mount point {}", m.target.display()))?;
         note_created_mountpoint(state_dir, &m.target);
     }
-    mount(Some(&m.source), &m.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("bind-mounting {} at {}", m.source.display(), m.target.display()))?;
+    mount(
+        Some(&m.source),
+        &m.target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "bind-mounting {} at {}",
+            m.source.display(),
+            m.target.display()
+        )
+    })?;
     if m.read_only {
         mount(
             None::<&str>,
@@ -136,7 +158,10 @@ fn note_created_mountpoint(state_dir: &Path, target: &Path) {
         .open(&list)
         .and_then(|mut f| writeln!(f, "{}", target.display()));
     if let Err(e) = appended {
-        eprintln!("pod-exec: could not record created mount point {}: {e}", target.display());
+        eprintln!(
+            "pod-exec: could not record created mount point {}: {e}",
+            target.display()
+        );
     }
 }
 
@@ -146,7 +171,11 @@ mod tests {
 
     #[test]
     fn mount_args_round_trip() {
-        let m = BindMount { source: "/a/b".into(), target: "/data".into(), read_only: true };
+        let m = BindMount {
+            source: "/a/b".into(),
+            target: "/data".into(),
+            read_only: true,
+        };
         assert_eq!(BindMount::parse(&m.to_arg()).expect("parses"), m);
         assert!(BindMount::parse("relative=/x").is_err());
         assert!(BindMount::parse("/nothing").is_err());

@@ -65,10 +65,14 @@ pub fn list_records(state_dir: &Path) -> Result<Vec<PodRecord>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", pods.display())),
     };
     for entry in entries {
-        let path = entry.context("listing pod records")?.path().join("record.json");
+        let path = entry
+            .context("listing pod records")?
+            .path()
+            .join("record.json");
         match std::fs::read(&path) {
             Ok(bytes) => out.push(
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -80,7 +84,10 @@ pub fn list_records(state_dir: &Path) -> Result<Vec<PodRecord>> {
 /// Finds the record of a running pod by namespace and name.
 pub fn find_pod(state_dir: &Path, namespace: &str, name: &str) -> Result<PodRecord> {
     let records = list_records(state_dir)?;
-    match records.into_iter().find(|r| r.namespace == namespace && r.name == name) {
+    match records
+        .into_iter()
+        .find(|r| r.namespace == namespace && r.name == name)
+    {
         Some(record) => Ok(record),
         None => bail!(
             "pod {namespace}/{name} is not running on this sandbox (no record under {})",
@@ -96,7 +103,13 @@ pub fn zones_down(state_dir: &Path) -> Result<Vec<String>> {
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
             for entry in entries {
-                out.push(entry.context("listing zone-down markers")?.file_name().to_string_lossy().into_owned());
+                out.push(
+                    entry
+                        .context("listing zone-down markers")?
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

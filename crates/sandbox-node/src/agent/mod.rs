@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -43,13 +43,21 @@ pub struct AgentContext {
 impl AgentContext {
     /// True while the node's zone is down: its "kubelet" must act dead.
     pub fn node_down(&self, node: &str) -> bool {
-        let Some(zone) = self.config.zone_of(node) else { return false };
-        self.zones_down.read().map(|z| z.contains(zone)).unwrap_or(false)
+        let Some(zone) = self.config.zone_of(node) else {
+            return false;
+        };
+        self.zones_down
+            .read()
+            .map(|z| z.contains(zone))
+            .unwrap_or(false)
     }
 
     /// Whether a zone is down.
     pub fn zone_down(&self, zone: &str) -> bool {
-        self.zones_down.read().map(|z| z.contains(zone)).unwrap_or(false)
+        self.zones_down
+            .read()
+            .map(|z| z.contains(zone))
+            .unwrap_or(false)
     }
 }
 
@@ -64,7 +72,9 @@ pub enum PodEvent {
 
 /// Runs the agent until a fatal error.
 pub async fn run(config: SandboxConfig) -> Result<()> {
-    let client = Client::try_default().await.context("building Kubernetes client (set KUBECONFIG)")?;
+    let client = Client::try_default()
+        .await
+        .context("building Kubernetes client (set KUBECONFIG)")?;
     let self_exe = std::env::current_exe().context("locating the agent executable")?;
     std::fs::create_dir_all(config.state_dir.join("pods")).context("creating state directory")?;
     runtime::cleanup_stale(&config)?;
@@ -117,7 +127,9 @@ async fn zone_marker_loop(ctx: Arc<AgentContext>) -> Result<()> {
 
 async fn pod_loop(ctx: Arc<AgentContext>) -> Result<()> {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let mut stream = watcher::watcher(pods, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut workers: HashMap<String, mpsc::UnboundedSender<PodEvent>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     loop {

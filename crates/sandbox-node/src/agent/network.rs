@@ -23,16 +23,34 @@ pub struct IpAllocator {
 impl IpAllocator {
     /// Allocator for the configured range.
     pub fn new(config: &SandboxConfig) -> Result<Self> {
-        let first: Ipv4Addr = config.first_pod_ip.parse().context("sandbox config `firstPodIp`")?;
-        let (net, _) = config.pod_cidr.split_once('/').context("sandbox config `podCidr`")?;
-        let net: u32 = net.parse::<Ipv4Addr>().context("sandbox config `podCidr`")?.into();
+        let first: Ipv4Addr = config
+            .first_pod_ip
+            .parse()
+            .context("sandbox config `firstPodIp`")?;
+        let (net, _) = config
+            .pod_cidr
+            .split_once('/')
+            .context("sandbox config `podCidr`")?;
+        let net: u32 = net
+            .parse::<Ipv4Addr>()
+            .context("sandbox config `podCidr`")?
+            .into();
         let prefix = config.pod_prefix_len()?;
         let broadcast = net | (u32::MAX >> prefix);
         let first = u32::from(first);
         if first <= net || first >= broadcast {
-            bail!("sandbox config: `firstPodIp` {} is outside `podCidr` {}", config.first_pod_ip, config.pod_cidr);
+            bail!(
+                "sandbox config: `firstPodIp` {} is outside `podCidr` {}",
+                config.first_pod_ip,
+                config.pod_cidr
+            );
         }
-        Ok(Self { first, last: broadcast - 1, next: first, in_use: HashSet::new() })
+        Ok(Self {
+            first,
+            last: broadcast - 1,
+            next: first,
+            in_use: HashSet::new(),
+        })
     }
 
     /// Allocates a free address.
@@ -40,7 +58,11 @@ impl IpAllocator {
         let size = self.last - self.first + 1;
         for _ in 0..size {
             let candidate = self.next;
-            self.next = if self.next >= self.last { self.first } else { self.next + 1 };
+            self.next = if self.next >= self.last {
+                self.first
+            } else {
+                self.next + 1
+            };
             if self.in_use.insert(candidate) {
                 return Ok(candidate.into());
             }
@@ -56,7 +78,11 @@ impl IpAllocator {
 
 /// Names of a pod's network namespace and host veth, derived from its UID (veth names <= 15 chars).
 pub fn names_for(uid: &str) -> (String, String) {
-    let hex: String = uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(11).collect();
+    let hex: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(11)
+        .collect();
     (format!("sbx-{hex}"), format!("sbx{hex}"))
 }
 
@@ -68,13 +94,23 @@ pub fn setup(config: &SandboxConfig, netns: &str, host_veth: &str, addr: Ipv4Add
     let cidr = format!("{addr}/{prefix}");
     ip(&["netns", "add", netns])?;
     let steps: Vec<Vec<&str>> = vec![
-        vec!["link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns],
+        vec![
+            "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ],
         vec!["link", "set", host_veth, "master", &config.bridge],
         vec!["link", "set", host_veth, "up"],
         vec!["-n", netns, "link", "set", "lo", "up"],
         vec!["-n", netns, "addr", "add", &cidr, "dev", "eth0"],
         vec!["-n", netns, "link", "set", "eth0", "up"],
-        vec!["-n", netns, "route", "add", &config.service_cidr, "via", &config.gateway],
+        vec![
+            "-n",
+            netns,
+            "route",
+            "add",
+            &config.service_cidr,
+            "via",
+            &config.gateway,
+        ],
     ];
     for step in steps {
         if let Err(e) = ip(&step) {

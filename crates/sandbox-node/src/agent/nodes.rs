@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -43,7 +43,11 @@ pub async fn register(ctx: &AgentContext) -> Result<()> {
             },
         });
         nodes
-            .patch(&node.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+            .patch(
+                &node.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
             .await
             .with_context(|| format!("registering node {}", node.name))?;
     }
@@ -59,10 +63,20 @@ pub async fn heartbeat_loop(ctx: Arc<AgentContext>) -> Result<()> {
     let mut transitions: HashMap<String, (bool, Timestamp)> = HashMap::new();
     let mut last_status = tokio::time::Instant::now();
     let mut last_lease = tokio::time::Instant::now();
-    let mut last_down: Vec<bool> = ctx.config.nodes.iter().map(|n| ctx.node_down(&n.name)).collect();
+    let mut last_down: Vec<bool> = ctx
+        .config
+        .nodes
+        .iter()
+        .map(|n| ctx.node_down(&n.name))
+        .collect();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let down: Vec<bool> = ctx.config.nodes.iter().map(|n| ctx.node_down(&n.name)).collect();
+        let down: Vec<bool> = ctx
+            .config
+            .nodes
+            .iter()
+            .map(|n| ctx.node_down(&n.name))
+            .collect();
         let changed = down != last_down;
         if changed || last_status.elapsed() >= STATUS_EVERY {
             beat_all(&ctx, &mut transitions).await;
@@ -151,7 +165,11 @@ async fn patch_status(ctx: &AgentContext, node: &NodeConfig, changed_at: Timesta
         },
     });
     nodes
-        .patch_status(&node.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+        .patch_status(
+            &node.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
         .await
         .with_context(|| format!("patching status of node {}", node.name))?;
     Ok(())
@@ -170,12 +188,18 @@ async fn renew_lease(ctx: &AgentContext, node: &NodeConfig) -> Result<()> {
         },
     });
     leases
-        .patch(&node.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&lease))
+        .patch(
+            &node.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
         .await
         .with_context(|| format!("renewing lease of node {}", node.name))?;
     Ok(())
 }
 
 fn kernel_version() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

@@ -28,7 +28,8 @@ pub struct Timing {
 impl Timing {
     /// Reads a probe's timing fields, with the Kubernetes defaults.
     pub fn of(probe: &Probe) -> Self {
-        let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+        let secs =
+            |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
         Self {
             initial_delay: secs(probe.initial_delay_seconds, 0),
             period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
@@ -40,12 +41,25 @@ impl Timing {
 }
 
 /// Runs one attempt. `Ok(true)` means success; errors and failures both count as failure.
-pub async fn check(probe: &Probe, container: &Container, pod_ip: &str, launch: &LaunchSpec) -> Result<bool> {
+pub async fn check(
+    probe: &Probe,
+    container: &Container,
+    pod_ip: &str,
+    launch: &LaunchSpec,
+) -> Result<bool> {
     let timing = Timing::of(probe);
     if let Some(http) = &probe.http_get {
         let port = resolve_port(&http.port, container)?;
-        let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
-        if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+        let host = http
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
+        if http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        {
             bail!("httpGet probe: scheme HTTPS is not supported by the sandbox");
         }
         let path = http.path.clone().unwrap_or_else(|| "/".into());
@@ -54,8 +68,16 @@ pub async fn check(probe: &Probe, container: &Container, pod_ip: &str, launch: &
     }
     if let Some(tcp) = &probe.tcp_socket {
         let port = resolve_port(&tcp.port, container)?;
-        let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
-        let connected = tokio::time::timeout(timing.timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await;
+        let host = tcp
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
+        let connected = tokio::time::timeout(
+            timing.timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
         return Ok(matches!(connected, Ok(Ok(_))));
     }
     if let Some(exec) = &probe.exec {
@@ -64,7 +86,10 @@ pub async fn check(probe: &Probe, container: &Container, pod_ip: &str, launch: &
             bail!("exec probe has an empty command");
         }
         let mut command = launch.command(&argv);
-        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
         let mut child = command.spawn().context("starting exec probe")?;
         return match tokio::time::timeout(timing.timeout, child.wait()).await {
             Ok(status) => Ok(status.context("waiting for exec probe")?.success()),
@@ -79,7 +104,9 @@ pub async fn check(probe: &Probe, container: &Container, pod_ip: &str, launch: &
 
 fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16> {
     match port {
-        IntOrString::Int(p) => u16::try_from(*p).with_context(|| format!("probe port {p} is out of range")),
+        IntOrString::Int(p) => {
+            u16::try_from(*p).with_context(|| format!("probe port {p} is out of range"))
+        }
         IntOrString::String(name) => {
             let found = container
                 .ports
@@ -87,8 +114,14 @@ fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16> {
                 .unwrap_or_default()
                 .iter()
                 .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .with_context(|| format!("probe port {name:?} names no port of container {:?}", container.name))?;
-            u16::try_from(found.container_port).with_context(|| format!("port {name:?} is out of range"))
+                .with_context(|| {
+                    format!(
+                        "probe port {name:?} names no port of container {:?}",
+                        container.name
+                    )
+                })?;
+            u16::try_from(found.container_port)
+                .with_context(|| format!("port {name:?} is out of range"))
         }
     }
 }

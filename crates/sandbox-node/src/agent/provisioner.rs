@@ -38,21 +38,38 @@ fn volume_dir(ctx: &AgentContext, pv_name: &str) -> PathBuf {
 async fn reconcile(ctx: &AgentContext) -> Result<()> {
     let claims: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    for claim in claims.list(&ListParams::default()).await.context("listing PVCs")? {
+    for claim in claims
+        .list(&ListParams::default())
+        .await
+        .context("listing PVCs")?
+    {
         if let Err(e) = provision(ctx, &volumes, &claim).await {
             warn!(claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()),
                   error = %format!("{e:#}"), "provisioning failed");
         }
     }
-    for pv in volumes.list(&ListParams::default()).await.context("listing PVs")? {
+    for pv in volumes
+        .list(&ListParams::default())
+        .await
+        .context("listing PVs")?
+    {
         let ours = pv.annotations().get(PROVISIONED_BY) == Some(&ctx.config.provisioner_name);
-        let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
-        let reclaim = pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete");
+        let phase = pv
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or_default();
+        let reclaim = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+            .unwrap_or("Delete");
         if ours && (phase == "Released" || phase == "Failed") && reclaim == "Delete" {
             let name = pv.name_any();
             let dir = volume_dir(ctx, &name);
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
             }
             match volumes.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => info!(pv = %name, "released volume deleted with its directory"),
@@ -64,13 +81,21 @@ async fn reconcile(ctx: &AgentContext) -> Result<()> {
     Ok(())
 }
 
-async fn provision(ctx: &AgentContext, volumes: &Api<PersistentVolume>, claim: &PersistentVolumeClaim) -> Result<()> {
+async fn provision(
+    ctx: &AgentContext,
+    volumes: &Api<PersistentVolume>,
+    claim: &PersistentVolumeClaim,
+) -> Result<()> {
     let spec = claim.spec.clone().unwrap_or_default();
-    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) || claim.metadata.deletion_timestamp.is_some() {
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+        || claim.metadata.deletion_timestamp.is_some()
+    {
         return Ok(());
     }
     let annotations = claim.annotations();
-    let provisioner = annotations.get(STORAGE_PROVISIONER).or(annotations.get(BETA_STORAGE_PROVISIONER));
+    let provisioner = annotations
+        .get(STORAGE_PROVISIONER)
+        .or(annotations.get(BETA_STORAGE_PROVISIONER));
     if provisioner != Some(&ctx.config.provisioner_name) {
         return Ok(());
     }

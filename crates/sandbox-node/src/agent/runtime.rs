@@ -32,7 +32,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Whether a pod has reached a terminal phase.
 pub fn is_finished(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// Kills processes and removes namespaces left by a previous agent run.
@@ -75,7 +78,11 @@ impl LaunchSpec {
     /// A command that runs `argv` inside the pod.
     pub fn command(&self, argv: &[String]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.self_exe);
-        c.arg("pod-exec").arg("--netns").arg(&self.netns_path).arg("--hostname").arg(&self.hostname);
+        c.arg("pod-exec")
+            .arg("--netns")
+            .arg(&self.netns_path)
+            .arg("--hostname")
+            .arg(&self.hostname);
         c.arg("--state-dir").arg(&self.state_dir);
         for m in &self.mounts {
             c.arg("--mount").arg(m.to_arg());
@@ -84,7 +91,9 @@ impl LaunchSpec {
             c.arg("--workdir").arg(dir);
         }
         c.arg("--").args(argv);
-        c.env_clear().envs(self.env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null());
+        c.env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
         c
     }
 }
@@ -108,7 +117,9 @@ impl PodShared {
     }
 
     fn set_pid(&self, container: &str, pid: Option<i32>) {
-        let Ok(mut record) = self.record.lock() else { return };
+        let Ok(mut record) = self.record.lock() else {
+            return;
+        };
         match pid {
             Some(pid) => record.containers.insert(container.to_string(), pid),
             None => record.containers.remove(container),
@@ -179,14 +190,23 @@ impl PodWorker {
         let uid = pod.uid().unwrap_or_default();
         let namespace = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         let zone = ctx.config.zone_of(&node).unwrap_or_default().to_string();
         let (netns, host_veth) = network::names_for(&uid);
         let dir = state::pod_dir(&ctx.config.state_dir, &uid);
         let views = pod
             .spec
             .as_ref()
-            .map(|s| s.containers.iter().map(|c| ContainerView::new(&c.name, c.image.as_deref().unwrap_or(""))).collect())
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| ContainerView::new(&c.name, c.image.as_deref().unwrap_or("")))
+                    .collect()
+            })
             .unwrap_or_default();
         let record = PodRecord {
             namespace: namespace.clone(),
@@ -234,7 +254,11 @@ impl PodWorker {
             self.pod
                 .metadata
                 .deletion_grace_period_seconds
-                .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                .or(self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds))
                 .unwrap_or(30),
         )
     }
@@ -270,9 +294,20 @@ impl PodWorker {
                 Err(e) => {
                     let message = format!("{e:#}");
                     warn!(pod = %format!("{}/{}", self.namespace, self.name), error = %message, "pod setup failed; retrying");
-                    for i in 0..self.pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0) {
+                    for i in 0..self
+                        .pod
+                        .spec
+                        .as_ref()
+                        .map(|s| s.containers.len())
+                        .unwrap_or(0)
+                    {
                         let message = message.clone();
-                        self.shared.update(i, |v| v.state = State::Waiting { reason: "ContainerCreating".into(), message });
+                        self.shared.update(i, |v| {
+                            v.state = State::Waiting {
+                                reason: "ContainerCreating".into(),
+                                message,
+                            }
+                        });
                     }
                     self.publish().await;
                     tokio::select! {
@@ -314,12 +349,18 @@ impl PodWorker {
         let ip = match self.ip {
             Some(ip) => ip,
             None => {
-                let ip = self.ctx.ips.lock().map_err(|_| anyhow::anyhow!("IP allocator lock poisoned"))?.allocate()?;
+                let ip = self
+                    .ctx
+                    .ips
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("IP allocator lock poisoned"))?
+                    .allocate()?;
                 self.ip = Some(ip);
                 ip
             }
         };
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         network::setup(&self.ctx.config, &self.netns, &self.host_veth, ip)?;
         let (hostname, fqdn) = pod_hostname(&self.pod, &self.ctx.config.cluster_domain);
         let domain = &self.ctx.config.cluster_domain;
@@ -333,7 +374,9 @@ impl PodWorker {
             Some(fqdn) => format!("{fqdn} {hostname}"),
             None => hostname.clone(),
         };
-        let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{names}\n");
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{names}\n"
+        );
         std::fs::write(self.dir.join("hosts"), hosts).context("writing hosts")?;
         std::fs::create_dir_all(self.dir.join("logs")).context("creating log directory")?;
         let paths = volumes::prepare(&self.ctx, &self.pod, &self.dir).await?;
@@ -346,21 +389,34 @@ impl PodWorker {
     }
 
     fn start_containers(&mut self, volume_paths: volumes::VolumePaths) {
-        let Some(spec) = self.pod.spec.clone() else { return };
+        let Some(spec) = self.pod.spec.clone() else {
+            return;
+        };
         let (hostname, _) = pod_hostname(&self.pod, &self.ctx.config.cluster_domain);
         let base = LaunchSpec {
             self_exe: self.ctx.self_exe.clone(),
             netns_path: PathBuf::from("/var/run/netns").join(&self.netns),
             hostname,
             mounts: vec![
-                BindMount { source: self.dir.join("resolv.conf"), target: "/etc/resolv.conf".into(), read_only: true },
-                BindMount { source: self.dir.join("hosts"), target: "/etc/hosts".into(), read_only: false },
+                BindMount {
+                    source: self.dir.join("resolv.conf"),
+                    target: "/etc/resolv.conf".into(),
+                    read_only: true,
+                },
+                BindMount {
+                    source: self.dir.join("hosts"),
+                    target: "/etc/hosts".into(),
+                    read_only: false,
+                },
             ],
             env: Vec::new(),
             workdir: None,
             state_dir: self.ctx.config.state_dir.clone(),
         };
-        let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let restart_policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         for (index, container) in spec.containers.iter().enumerate() {
             let sup = Supervised {
                 ctx: self.ctx.clone(),
@@ -375,7 +431,8 @@ impl PodWorker {
                 volume_paths: volume_paths.clone(),
                 restart_policy: restart_policy.clone(),
             };
-            self.supervisors.spawn(supervise(sup, self.stop.subscribe()));
+            self.supervisors
+                .spawn(supervise(sup, self.stop.subscribe()));
         }
     }
 
@@ -389,7 +446,11 @@ impl PodWorker {
         };
         let ip = self.ip.map(|ip| ip.to_string());
         let report = status::Report {
-            pod_ip: if self.sandbox_ready { ip.as_deref() } else { None },
+            pod_ip: if self.sandbox_ready {
+                ip.as_deref()
+            } else {
+                None
+            },
             host_ip: &self.ctx.config.gateway,
             start_time: self.start_time,
             views: &views,
@@ -400,10 +461,15 @@ impl PodWorker {
             return;
         }
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        match pods.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match pods
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => self.last_patch = Some(patch),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => warn!(pod = %format!("{}/{}", self.namespace, self.name), error = %e, "status update failed"),
+            Err(e) => {
+                warn!(pod = %format!("{}/{}", self.namespace, self.name), error = %e, "status update failed")
+            }
         }
     }
 
@@ -419,7 +485,10 @@ impl PodWorker {
             let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
                 ..DeleteParams::default()
             };
             match pods.delete(&self.name, &params).await {
@@ -456,11 +525,19 @@ impl PodWorker {
 /// The pod's hostname and, with a subdomain, its FQDN.
 fn pod_hostname(pod: &Pod, domain: &str) -> (String, Option<String>) {
     let spec = pod.spec.as_ref();
-    let mut hostname = spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| pod.name_any());
+    let mut hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| pod.name_any());
     hostname.truncate(63);
-    let fqdn = spec.and_then(|s| s.subdomain.clone()).filter(|s| !s.is_empty()).map(|sub| {
-        format!("{hostname}.{sub}.{}.svc.{domain}", pod.namespace().unwrap_or_default())
-    });
+    let fqdn = spec
+        .and_then(|s| s.subdomain.clone())
+        .filter(|s| !s.is_empty())
+        .map(|sub| {
+            format!(
+                "{hostname}.{sub}.{}.svc.{domain}",
+                pod.namespace().unwrap_or_default()
+            )
+        });
     (hostname, fqdn)
 }
 
@@ -513,8 +590,16 @@ async fn resolve_env(sup: &Supervised) -> Result<Vec<(String, String)>> {
     let port = ctx.config.kubernetes_service_port;
     set(&mut env, "KUBERNETES_SERVICE_HOST".into(), host.clone());
     set(&mut env, "KUBERNETES_SERVICE_PORT".into(), port.to_string());
-    set(&mut env, "KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string());
-    set(&mut env, "KUBERNETES_PORT".into(), format!("tcp://{host}:{port}"));
+    set(
+        &mut env,
+        "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+        port.to_string(),
+    );
+    set(
+        &mut env,
+        "KUBERNETES_PORT".into(),
+        format!("tcp://{host}:{port}"),
+    );
     for from in sup.container.env_from.as_deref().unwrap_or_default() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(cm) = &from.config_map_ref {
@@ -527,7 +612,11 @@ async fn resolve_env(sup: &Supervised) -> Result<Vec<(String, String)>> {
         let mut keys: Vec<_> = data.into_iter().collect();
         keys.sort();
         for (k, v) in keys {
-            set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+            set(
+                &mut env,
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
         }
     }
     for var in sup.container.env.as_deref().unwrap_or_default() {
@@ -536,18 +625,32 @@ async fn resolve_env(sup: &Supervised) -> Result<Vec<(String, String)>> {
                 volumes::field_value(pod, &field.field_path, Some(&sup.pod_ip))
                     .with_context(|| format!("env {:?}", var.name))?
             } else if let Some(key) = &source.config_map_key_ref {
-                let data = volumes::config_map_values(ctx, &ns, &key.name, key.optional.unwrap_or(false)).await?;
+                let data =
+                    volumes::config_map_values(ctx, &ns, &key.name, key.optional.unwrap_or(false))
+                        .await?;
                 match data.get(&key.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if key.optional.unwrap_or(false) => continue,
-                    None => bail!("env {:?}: key {:?} not in ConfigMap {:?}", var.name, key.key, key.name),
+                    None => bail!(
+                        "env {:?}: key {:?} not in ConfigMap {:?}",
+                        var.name,
+                        key.key,
+                        key.name
+                    ),
                 }
             } else if let Some(key) = &source.secret_key_ref {
-                let data = volumes::secret_values(ctx, &ns, &key.name, key.optional.unwrap_or(false)).await?;
+                let data =
+                    volumes::secret_values(ctx, &ns, &key.name, key.optional.unwrap_or(false))
+                        .await?;
                 match data.get(&key.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if key.optional.unwrap_or(false) => continue,
-                    None => bail!("env {:?}: key {:?} not in Secret {:?}", var.name, key.key, key.name),
+                    None => bail!(
+                        "env {:?}: key {:?} not in Secret {:?}",
+                        var.name,
+                        key.key,
+                        key.name
+                    ),
                 }
             } else if source.resource_field_ref.is_some() {
                 // No resource accounting in the sandbox: report "0" like an unlimited container's request.
@@ -572,9 +675,26 @@ fn container_argv(sup: &Supervised, env: &[(String, String)]) -> Result<(Vec<Str
         bail!("image {image:?} maps to {executable}, which does not exist (build it first)");
     }
     let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let command: Vec<String> = sup.container.command.clone().unwrap_or_default().iter().map(|a| expand(a, &vars)).collect();
-    let args: Vec<String> = sup.container.args.clone().unwrap_or_default().iter().map(|a| expand(a, &vars)).collect();
-    let exe_name = Path::new(&executable).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let command: Vec<String> = sup
+        .container
+        .command
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| expand(a, &vars))
+        .collect();
+    let args: Vec<String> = sup
+        .container
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| expand(a, &vars))
+        .collect();
+    let exe_name = Path::new(&executable)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (repo, _) = crate::config::split_image(image);
     let mut argv = Vec::new();
     match command.split_first() {
@@ -583,7 +703,11 @@ fn container_argv(sup: &Supervised, env: &[(String, String)]) -> Result<(Vec<Str
             argv.extend(if args.is_empty() { default_args } else { args });
         }
         Some((first, rest)) => {
-            let program = if *first == exe_name || *first == repo || *first == executable { executable.clone() } else { first.clone() };
+            let program = if *first == exe_name || *first == repo || *first == executable {
+                executable.clone()
+            } else {
+                first.clone()
+            };
             argv.push(program);
             argv.extend(rest.iter().cloned());
             argv.extend(args);
@@ -593,7 +717,11 @@ fn container_argv(sup: &Supervised, env: &[(String, String)]) -> Result<(Vec<Str
 }
 
 async fn supervise(sup: Supervised, mut stop: watch::Receiver<Option<i64>>) {
-    let pod_name = format!("{}/{}", sup.pod.namespace().unwrap_or_default(), sup.pod.name_any());
+    let pod_name = format!(
+        "{}/{}",
+        sup.pod.namespace().unwrap_or_default(),
+        sup.pod.name_any()
+    );
     let cname = sup.container.name.clone();
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
@@ -620,7 +748,10 @@ async fn supervise(sup: Supervised, mut stop: watch::Receiver<Option<i64>>) {
                 let message = format!("{e:#}");
                 warn!(pod = %pod_name, container = %cname, error = %message, "container could not start");
                 sup.shared.update(sup.index, |v| {
-                    v.state = State::Waiting { reason: "CreateContainerError".into(), message };
+                    v.state = State::Waiting {
+                        reason: "CreateContainerError".into(),
+                        message,
+                    };
                     v.ready = false;
                 });
                 (None, false)
@@ -628,7 +759,8 @@ async fn supervise(sup: Supervised, mut stop: watch::Receiver<Option<i64>>) {
         };
         if stopping || stop.borrow().is_some() {
             if let Some(t) = terminated {
-                sup.shared.update(sup.index, |v| v.state = State::Terminated(t));
+                sup.shared
+                    .update(sup.index, |v| v.state = State::Terminated(t));
             }
             return;
         }
@@ -643,7 +775,8 @@ async fn supervise(sup: Supervised, mut stop: watch::Receiver<Option<i64>>) {
         }
         if !restart {
             if let Some(t) = terminated {
-                sup.shared.update(sup.index, |v| v.state = State::Terminated(t));
+                sup.shared
+                    .update(sup.index, |v| v.state = State::Terminated(t));
             }
             return;
         }
@@ -657,7 +790,10 @@ async fn supervise(sup: Supervised, mut stop: watch::Receiver<Option<i64>>) {
             if let State::Running { .. } = v.state {
                 v.state = State::Waiting {
                     reason: "CrashLoopBackOff".into(),
-                    message: format!("back-off {}s restarting failed container", backoff.as_secs()),
+                    message: format!(
+                        "back-off {}s restarting failed container",
+                        backoff.as_secs()
+                    ),
                 };
             }
         });
@@ -678,10 +814,15 @@ async fn run_once(
     let env = resolve_env(sup).await?;
     let (argv, executable) = container_argv(sup, &env)?;
     let mut launch = sup.base.clone();
-    launch.mounts.extend(volumes::mounts_for(&sup.container, &sup.volume_paths)?);
+    launch
+        .mounts
+        .extend(volumes::mounts_for(&sup.container, &sup.volume_paths)?);
     launch.env = env;
     launch.workdir = sup.container.working_dir.clone().filter(|d| !d.is_empty());
-    let log_path = sup.pod_dir.join("logs").join(format!("{}.log", sup.container.name));
+    let log_path = sup
+        .pod_dir
+        .join("logs")
+        .join(format!("{}.log", sup.container.name));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -690,8 +831,13 @@ async fn run_once(
     let log_err = log.try_clone().context("duplicating log file handle")?;
     let mut command = launch.command(&argv);
     command.stdout(log).stderr(log_err).process_group(0);
-    let mut child = command.spawn().with_context(|| format!("starting {argv:?}"))?;
-    let pid = child.id().map(|p| p as i32).context("started process has no pid")?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {argv:?}"))?;
+    let pid = child
+        .id()
+        .map(|p| p as i32)
+        .context("started process has no pid")?;
     let has_readiness = sup.container.readiness_probe.is_some();
     sup.shared.update(sup.index, |v| {
         v.state = State::Running { started_at };
@@ -713,7 +859,12 @@ async fn run_once(
         launch: launch.clone(),
         liveness: liveness_tx,
     }));
-    let default_grace = sup.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    let default_grace = sup
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
     let (status, stopping) = tokio::select! {
         status = child.wait() => (status.context("waiting for container")?, false),
         Some(reason) = liveness_rx.recv() => {
@@ -735,7 +886,11 @@ async fn run_once(
     let terminated = Terminated {
         exit_code,
         signal,
-        reason: if exit_code == 0 { "Completed".into() } else { "Error".into() },
+        reason: if exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
         started_at,
         finished_at: Timestamp::now(),
     };
@@ -747,19 +902,28 @@ async fn run_once(
 }
 
 /// SIGTERM to the process group, SIGKILL after `grace` seconds.
-async fn terminate(child: &mut tokio::process::Child, pid: i32, grace: i64) -> Result<std::process::ExitStatus> {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: i32,
+    grace: i64,
+) -> Result<std::process::ExitStatus> {
     let group = Pid::from_raw(pid);
     // A stopped (paused) process must be continued to act on SIGTERM.
     let _ = killpg(group, Signal::SIGCONT);
     if grace > 0 {
         let _ = killpg(group, Signal::SIGTERM);
-        if let Ok(status) = tokio::time::timeout(Duration::from_secs(grace as u64), child.wait()).await {
+        if let Ok(status) =
+            tokio::time::timeout(Duration::from_secs(grace as u64), child.wait()).await
+        {
             return status.context("waiting for container after SIGTERM");
         }
         info!(pid, grace, "grace period over; sending SIGKILL");
     }
     let _ = killpg(group, Signal::SIGKILL);
-    child.wait().await.context("waiting for container after SIGKILL")
+    child
+        .wait()
+        .await
+        .context("waiting for container after SIGKILL")
 }
 
 struct ProbeCtx {
@@ -800,7 +964,11 @@ enum Kind {
 }
 
 /// Startup probe: true once it succeeds, false after failureThreshold failures.
-async fn probe_until(p: &ProbeCtx, probe: &k8s_openapi::api::core::v1::Probe, _startup: bool) -> bool {
+async fn probe_until(
+    p: &ProbeCtx,
+    probe: &k8s_openapi::api::core::v1::Probe,
+    _startup: bool,
+) -> bool {
     let timing = probes::Timing::of(probe);
     tokio::time::sleep(timing.initial_delay).await;
     let mut failures = 0;
@@ -848,7 +1016,10 @@ async fn run_probe_loop(p: &ProbeCtx, probe: &k8s_openapi::api::core::v1::Probe,
                 }
                 Kind::Liveness => {
                     if failures >= timing.failure_threshold {
-                        let _ = p.liveness.send(format!("{failures} consecutive liveness failures")).await;
+                        let _ = p
+                            .liveness
+                            .send(format!("{failures} consecutive liveness failures"))
+                            .await;
                         return;
                     }
                 }
@@ -866,7 +1037,10 @@ mod tests {
     fn expands_dependent_vars() {
         let vars: HashMap<String, String> = [("POD_NAME".to_string(), "web-0".to_string())].into();
         assert_eq!(expand("--id=$(POD_NAME)", &vars), "--id=web-0");
-        assert_eq!(expand("$(MISSING)-$$(POD_NAME)", &vars), "$(MISSING)-$(POD_NAME)");
+        assert_eq!(
+            expand("$(MISSING)-$$(POD_NAME)", &vars),
+            "$(MISSING)-$(POD_NAME)"
+        );
         assert_eq!(expand("cost $5", &vars), "cost $5");
     }
 }

@@ -73,7 +73,10 @@ impl ContainerView {
             name: name.to_string(),
             image: image.to_string(),
             executable: String::new(),
-            state: State::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
             last_terminated: None,
             restart_count: 0,
             ready: false,
@@ -84,11 +87,20 @@ impl ContainerView {
 
 /// Pod phase from container views.
 pub fn phase(views: &[ContainerView], sandbox_ready: bool) -> &'static str {
-    if !sandbox_ready || views.iter().all(|v| v.restart_count == 0 && matches!(v.state, State::Waiting { .. })) {
+    if !sandbox_ready
+        || views
+            .iter()
+            .all(|v| v.restart_count == 0 && matches!(v.state, State::Waiting { .. }))
+    {
         return "Pending";
     }
-    if views.iter().all(|v| matches!(v.state, State::Terminated(_))) {
-        let all_ok = views.iter().all(|v| matches!(&v.state, State::Terminated(t) if t.exit_code == 0));
+    if views
+        .iter()
+        .all(|v| matches!(v.state, State::Terminated(_)))
+    {
+        let all_ok = views
+            .iter()
+            .all(|v| matches!(&v.state, State::Terminated(t) if t.exit_code == 0));
         return if all_ok { "Succeeded" } else { "Failed" };
     }
     "Running"
@@ -115,14 +127,21 @@ fn state_json(state: &State) -> Value {
         State::Running { started_at } => {
             json!({"running": {"startedAt": crate::agent::status::rfc3339(*started_at)}, "waiting": null, "terminated": null})
         }
-        State::Terminated(t) => json!({"terminated": terminated_json(t), "waiting": null, "running": null}),
+        State::Terminated(t) => {
+            json!({"terminated": terminated_json(t), "waiting": null, "running": null})
+        }
     }
 }
 
 /// Condition transition bookkeeping: condition type -> (status, since).
 pub type Transitions = HashMap<&'static str, (bool, Timestamp)>;
 
-fn condition(transitions: &mut Transitions, kind: &'static str, status: bool, reason: Option<&str>) -> Value {
+fn condition(
+    transitions: &mut Transitions,
+    kind: &'static str,
+    status: bool,
+    reason: Option<&str>,
+) -> Value {
     let since = match transitions.get(kind) {
         Some((was, at)) if *was == status => *at,
         _ => {
@@ -179,10 +198,20 @@ pub fn patch(report: &Report<'_>, transitions: &mut Transitions) -> Value {
         })
         .collect();
     let conditions = vec![
-        condition(transitions, "PodReadyToStartContainers", report.sandbox_ready, Some("SandboxNotReady")),
+        condition(
+            transitions,
+            "PodReadyToStartContainers",
+            report.sandbox_ready,
+            Some("SandboxNotReady"),
+        ),
         condition(transitions, "Initialized", true, None),
         condition(transitions, "Ready", all_ready, Some("ContainersNotReady")),
-        condition(transitions, "ContainersReady", all_ready, Some("ContainersNotReady")),
+        condition(
+            transitions,
+            "ContainersReady",
+            all_ready,
+            Some("ContainersNotReady"),
+        ),
         condition(transitions, "PodScheduled", true, None),
     ];
     let ip_list = |ip: Option<&str>| ip.map(|ip| json!([{"ip": ip}])).unwrap_or(Value::Null);
@@ -208,7 +237,9 @@ mod tests {
     fn phase_follows_containers() {
         let mut v = ContainerView::new("c", "echo-server");
         assert_eq!(phase(std::slice::from_ref(&v), true), "Pending");
-        v.state = State::Running { started_at: Timestamp::now() };
+        v.state = State::Running {
+            started_at: Timestamp::now(),
+        };
         assert_eq!(phase(std::slice::from_ref(&v), true), "Running");
         assert_eq!(phase(std::slice::from_ref(&v), false), "Pending");
         let t = Terminated {
@@ -225,21 +256,32 @@ mod tests {
     #[test]
     fn ready_condition_tracks_containers() {
         let mut v = ContainerView::new("c", "echo-server");
-        v.state = State::Running { started_at: Timestamp::now() };
-        let mut transitions = Transitions::new();
-        let report = |views: &[ContainerView]| Report {
-            pod_ip: Some("10.88.1.1"),
-            host_ip: "10.88.0.1",
-            start_time: Timestamp::now(),
-            views,
-            sandbox_ready: true,
+        v.state = State::Running {
+            started_at: Timestamp::now(),
         };
+        let mut transitions = Transitions::new();
+        fn report(views: &[ContainerView]) -> Report<'_> {
+            Report {
+                pod_ip: Some("10.88.1.1"),
+                host_ip: "10.88.0.1",
+                start_time: Timestamp::now(),
+                views,
+                sandbox_ready: true,
+            }
+        }
         let p = patch(&report(std::slice::from_ref(&v)), &mut transitions);
-        let ready = |p: &Value| p["status"]["conditions"][2]["status"].as_str().map(str::to_string);
+        let ready = |p: &Value| {
+            p["status"]["conditions"][2]["status"]
+                .as_str()
+                .map(str::to_string)
+        };
         assert_eq!(ready(&p).as_deref(), Some("False"));
         v.ready = true;
         let p = patch(&report(std::slice::from_ref(&v)), &mut transitions);
         assert_eq!(ready(&p).as_deref(), Some("True"));
-        assert_eq!(p["status"]["containerStatuses"][0]["state"]["waiting"], Value::Null);
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["state"]["waiting"],
+            Value::Null
+        );
     }
 }

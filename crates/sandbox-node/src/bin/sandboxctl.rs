@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use sandbox_node::faults::Faults;
 
 #[derive(Parser)]
-#[command(name = "sandboxctl", about = "Inject faults into the local Kubernetes sandbox")]
+#[command(
+    name = "sandboxctl",
+    about = "Inject faults into the local Kubernetes sandbox"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,8 +67,11 @@ fn split_pod(pod: &str) -> Result<(&str, &str)> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     let faults = Faults::running()?;
     match &cli.command {
@@ -75,17 +81,33 @@ fn main() -> Result<()> {
         }
         Command::Pause { pod } => split_pod(pod).and_then(|(ns, name)| faults.pause(ns, name)),
         Command::Resume { pod } => split_pod(pod).and_then(|(ns, name)| faults.resume(ns, name)),
-        Command::Partition { pod } => split_pod(pod).and_then(|(ns, name)| faults.partition(ns, name)),
+        Command::Partition { pod } => {
+            split_pod(pod).and_then(|(ns, name)| faults.partition(ns, name))
+        }
         Command::Heal { pod } => split_pod(pod).and_then(|(ns, name)| faults.heal(ns, name)),
         Command::ZoneDown { zone } => faults.zone_down(zone),
         Command::ZoneUp { zone } => faults.zone_up(zone),
         Command::Pods => {
             let mut records = faults.records()?;
             records.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-            println!("{:<40} {:<14} {:<8} {:<14} PIDS", "POD", "NODE", "ZONE", "IP");
+            println!(
+                "{:<40} {:<14} {:<8} {:<14} PIDS",
+                "POD", "NODE", "ZONE", "IP"
+            );
             for r in records {
-                let pids: Vec<String> = r.containers.iter().map(|(c, p)| format!("{c}={p}")).collect();
-                println!("{:<40} {:<14} {:<8} {:<14} {}", format!("{}/{}", r.namespace, r.name), r.node, r.zone, r.ip, pids.join(","));
+                let pids: Vec<String> = r
+                    .containers
+                    .iter()
+                    .map(|(c, p)| format!("{c}={p}"))
+                    .collect();
+                println!(
+                    "{:<40} {:<14} {:<8} {:<14} {}",
+                    format!("{}/{}", r.namespace, r.name),
+                    r.node,
+                    r.zone,
+                    r.ip,
+                    pids.join(",")
+                );
             }
             Ok(())
         }
