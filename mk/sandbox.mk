@@ -26,4 +26,8 @@ test-sandbox-unit:
 test-sandbox-e2e: sandbox-up
 	KUBECONFIG=/var/lib/raft-sandbox/kubeconfig $(CARGO) test --features sandbox-e2e --test sandbox_e2e -- --test-threads=1
 
-TEST_TARGETS += test-sandbox-unit
+# `make deps` (what .ci/run calls) also installs the sandbox's apt packages and builds its pinned
+# binaries, so the build shows up (with progress) before the tests start.
+deps: sandbox-deps
+
+TEST_TARGETS += test-sandbox-unit test-sandbox-e2e

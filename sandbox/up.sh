@@ -7,17 +7,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 t0=$SECONDS
 
-if alive kube-apiserver && alive sandbox-node && alive etcd \
-   && kubectl --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz >/dev/null 2>&1; then
-  log "sandbox already up"
-  log "export KUBECONFIG=$KUBECONFIG_PATH"
-  exit 0
-fi
-if [[ -d $RUN_DIR/pids ]]; then
-  log "partial sandbox found; tearing it down first"
-  "$SANDBOX_SRC/down.sh"
-fi
-
 for tool in ip iptables openssl kubectl python3 go cargo; do
   command -v "$tool" >/dev/null || die "missing $tool; run sandbox/install-deps.sh"
 done
@@ -28,6 +17,38 @@ log "building the node agent (cargo build -p sandbox-node)"
 (cd "$REPO_ROOT" && cargo build -p sandbox-node --bins)
 AGENT="$TARGET_DIR/debug/sandbox-node"
 t_built=$SECONDS
+
+start() { # name command...
+  local name=$1; shift
+  setsid "$@" >>"$HOME_DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/pids/$name.pid"
+  log "started $name (pid $!, log $HOME_DIR/logs/$name.log)"
+}
+start_agent() {
+  start sandbox-node env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
+    "$AGENT" agent --config "$RUN_DIR/sandbox.yaml"
+}
+
+if alive kube-apiserver && alive sandbox-node && alive etcd \
+   && kubectl --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz >/dev/null 2>&1; then
+  # Restart the agent when its binary was rebuilt, so a sandbox left up runs current code.
+  running="$(readlink "/proc/$(pid_of sandbox-node)/exe" || true)"
+  if [[ $running != "$AGENT" ]]; then
+    log "node agent binary changed ($running); restarting the agent (pods restart, volumes stay)"
+    kill -TERM "$(pid_of sandbox-node)" 2>/dev/null || true
+    while alive sandbox-node; do sleep 0.2; done
+    start_agent
+  fi
+  log "sandbox already up"
+  echo "KUBECONFIG=$KUBECONFIG_PATH"
+  log "export KUBECONFIG=$KUBECONFIG_PATH"
+  exit 0
+fi
+if [[ -d $RUN_DIR/pids ]]; then
+  log "partial sandbox found; tearing it down first"
+  "$SANDBOX_SRC/down.sh"
+fi
+
 
 mkdir -p "$RUN_DIR/pids" "$HOME_DIR"/{pki,logs,etcd,volumes}
 PKI="$HOME_DIR/pki"
@@ -101,12 +122,6 @@ iptables -w -A SBX-GUARD -s "$POD_CIDR" -j DROP
 iptables -w -A SBX-GUARD -d "$POD_CIDR" -j DROP
 iptables -w -C FORWARD -j SBX-GUARD 2>/dev/null || iptables -w -I FORWARD -j SBX-GUARD
 
-start() { # name command...
-  local name=$1; shift
-  setsid "$@" >>"$HOME_DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/pids/$name.pid"
-  log "started $name (pid $!, log $HOME_DIR/logs/$name.log)"
-}
 wait_for() { # what timeout-seconds command...
   local what=$1 timeout=$2; shift 2
   local start=$SECONDS
@@ -163,8 +178,7 @@ log "applied sandbox manifests (default StorageClass, CoreDNS RBAC)"
 # 6. The node agent.
 sed -e "s#@STATE_DIR@#$RUN_DIR#; s#@DATA_DIR@#$HOME_DIR#; s#@AGENT@#$AGENT#; s#@TARGET@#$TARGET_DIR#g; s#@K8S_VERSION@#$K8S_VERSION#" \
   "$SANDBOX_SRC/sandbox.yaml.in" >"$RUN_DIR/sandbox.yaml"
-start sandbox-node env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
-  "$AGENT" agent --config "$RUN_DIR/sandbox.yaml"
+start_agent
 
 # 7. CoreDNS on the gateway address, with the kubernetes plugin.
 cat >"$RUN_DIR/Corefile" <<CF
