@@ -24,16 +24,17 @@ build_k8s() {
     -X k8s.io/component-base/version.gitTreeState=clean \
     -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
   for b in "${missing[@]}"; do
-    log "building $b v$K8S_VERSION (cold: tens of minutes on 2 cores; go -x progress in $k8s_dir/build.log)"
+    log "building $b v$K8S_VERSION (cold: 15-25 min for the first one on 2 cores; packages compiled are listed in $k8s_dir/build.log)"
     local start=$SECONDS
-    (cd "$here/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$k8s_dir/$b.tmp" \
-       "k8s.io/kubernetes/cmd/$b") 2>&1 | tee -a "$k8s_dir/build.log" >&2 &
+    : >"$k8s_dir/build.log"
+    (cd "$here/k8s" && CGO_ENABLED=0 go build -v -trimpath -ldflags "$ldflags" -o "$k8s_dir/$b.tmp" \
+       "k8s.io/kubernetes/cmd/$b") >>"$k8s_dir/build.log" 2>&1 &
     local pid=$!
     while kill -0 "$pid" 2>/dev/null; do
       sleep 30
-      kill -0 "$pid" 2>/dev/null && log "  ... still building $b ($((SECONDS - start))s)"
+      kill -0 "$pid" 2>/dev/null && log "  ... still building $b ($((SECONDS - start))s, $(wc -l <"$k8s_dir/build.log") packages compiled)"
     done
-    wait "$pid"
+    wait "$pid" || { tail -20 "$k8s_dir/build.log" >&2; exit 1; }
     mv "$k8s_dir/$b.tmp" "$k8s_dir/$b"
     log "built $b in $((SECONDS - start))s"
   done
@@ -45,14 +46,15 @@ build_coredns() {
   mkdir -p "$coredns_dir"
   log "building coredns v$COREDNS_VERSION from its Go module"
   local start=$SECONDS
-  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$coredns_dir/coredns.tmp" \
-     github.com/coredns/coredns) >&2 &
+  : >"$coredns_dir/build.log"
+  (cd "$here/coredns" && CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "$coredns_dir/coredns.tmp" \
+     github.com/coredns/coredns) >>"$coredns_dir/build.log" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 30
-    kill -0 "$pid" 2>/dev/null && log "  ... still building coredns ($((SECONDS - start))s)"
+    kill -0 "$pid" 2>/dev/null && log "  ... still building coredns ($((SECONDS - start))s, $(wc -l <"$coredns_dir/build.log") packages compiled)"
   done
-  wait "$pid"
+  wait "$pid" || { tail -20 "$coredns_dir/build.log" >&2; exit 1; }
   mv "$coredns_dir/coredns.tmp" "$coredns_dir/coredns"
   log "built coredns in $((SECONDS - start))s"
 }
