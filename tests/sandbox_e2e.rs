@@ -705,3 +705,120 @@ async fn deleting_the_owner_garbage_collects_the_statefulset() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn graceful_termination_waits_for_the_grace_period_then_kills() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "grace").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // One process that exits on SIGTERM, one that ignores it (killed after its 4 s grace period).
+    let make = |name: &str, command: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "terminationGracePeriodSeconds": 4,
+                "containers": [{"name": "main", "image": "echo-server:v1", "command": command}],
+            },
+        }))
+        .unwrap()
+    };
+    // No command: the image's default, echo-server, which exits on SIGTERM.
+    let polite = make("polite", serde_json::Value::Null);
+    let stubborn = make(
+        "stubborn",
+        json!(["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]),
+    );
+    for pod in [&polite, &stubborn] {
+        pods.create(&PostParams::default(), pod).await.unwrap();
+    }
+    for app in ["polite", "stubborn"] {
+        wait_ready_pods(&client, &ns.name, app, 1, Duration::from_secs(60)).await;
+    }
+    for (name, min, max) in [
+        ("polite", Duration::ZERO, Duration::from_secs(3)),
+        ("stubborn", Duration::from_secs(4), Duration::from_secs(12)),
+    ] {
+        let started = Instant::now();
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{name} to be gone"),
+            || async { pods.get_opt(name).await.unwrap().is_none() },
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took >= min && took <= max,
+            "{name}: deletion took {took:?}, expected between {min:?} and {max:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failing_exec_liveness_probe_restarts_the_container() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "live").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "live", "labels": {"app": "live"}},
+        "spec": {
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{
+                "name": "main",
+                "image": "echo-server:v1",
+                "env": [{"name": "DATA_DIR", "value": "/sandbox-e2e/scratch"}],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/sandbox-e2e/scratch"}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                "livenessProbe": {
+                    "exec": {"command": ["sh", "-c", "! grep -q unhealthy /sandbox-e2e/scratch/data"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 2,
+                },
+            }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let ready = wait_ready_pods(&client, &ns.name, "live", 1, Duration::from_secs(60)).await;
+    let ip = pod_ip(&ready[0]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        restart_count(&pods.get("live").await.unwrap()),
+        0,
+        "a passing liveness probe must not restart the container"
+    );
+    let r = http::request(
+        "PUT",
+        &ip,
+        8080,
+        "/data",
+        b"unhealthy",
+        Duration::from_secs(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(
+        Duration::from_secs(30),
+        "the liveness probe to restart the container",
+        || async { restart_count(&pods.get("live").await.unwrap()) >= 1 },
+    )
+    .await;
+    // The emptyDir survives the restart (as in Kubernetes); make the probe pass again.
+    let healed = poll_for(Duration::from_secs(30), "the restarted server", || async {
+        http::request("PUT", &ip, 8080, "/data", b"ok", Duration::from_secs(2))
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(healed.body, "stored");
+    let after = restart_count(&pods.get("live").await.unwrap());
+    wait_ready_pods(&client, &ns.name, "live", 1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        restart_count(&pods.get("live").await.unwrap()),
+        after,
+        "once healthy again, no further restarts"
+    );
+}
