@@ -31,9 +31,11 @@ deps-helm:
 	mkdir -p "$(dir $(HELM))"; mv "$$tmp/helm" "$(HELM)"; \
 	echo "deps-helm: installed $(HELM) ($$version)"
 
-## chart-crds: copy the generated CRD into the chart (helm installs CRDs from the chart's crds/).
+## chart-crds: make the chart's crds/ a copy of the generated crds/ (helm installs CRDs from the
+## chart's crds/ folder).
 chart-crds:
-	cp crds/raftcluster.yaml charts/raft-operator/crds/raftcluster.yaml
+	rm -f charts/raft-operator/crds/*.yaml
+	cp crds/*.yaml charts/raft-operator/crds/
 
 ## test-helm: helm lint, helm template validated against the Kubernetes schema, RBAC checks,
 ## bad values refused with the field named, chart CRD identical to the generated one.
