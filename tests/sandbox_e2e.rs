@@ -5,134 +5,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
 };
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+mod common;
+
+use common::{TestNamespace, client, is_ready, node_zones, pod_ip, poll_for, wait_until};
 use sandbox_node::faults::Faults;
 use sandbox_node::http;
 use serde_json::json;
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
-
-async fn client() -> Client {
-    let client = Client::try_default().await.expect(
-        "no Kubernetes client: the sandbox must be up (`make sandbox-up`, KUBECONFIG=/var/lib/raft-sandbox/kubeconfig)",
-    );
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default().limit(1))
-        .await
-        .expect("the sandbox API server does not answer: run `make sandbox-up` first");
-    client
-}
-
-/// A fresh namespace, deleted when the test ends.
-struct TestNamespace {
-    name: String,
-}
-
-impl TestNamespace {
-    async fn new(client: &Client, prefix: &str) -> Self {
-        let suffix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 1_000_000;
-        let name = format!("e2e-{prefix}-{suffix}");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("creating test namespace");
-        // The service-account controller creates `default`; pods need it.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_until(
-            Duration::from_secs(30),
-            "default service account",
-            || async { sas.get_opt("default").await.ok().flatten().is_some() },
-        )
-        .await;
-        Self { name }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Best effort: the namespace controller and GC remove its contents. A fresh client on a
-        // fresh runtime: the test's client is bound to the test runtime, which is blocked here.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime for namespace cleanup");
-            rt.block_on(async {
-                if let Ok(client) = Client::try_default().await {
-                    let namespaces: Api<Namespace> = Api::all(client);
-                    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Polls until `check` yields a value.
-async fn poll_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_ip(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("pod has an IP")
-}
 
 fn restart_count(pod: &Pod) -> i32 {
     pod.status
@@ -256,26 +145,6 @@ async fn wait_ready_pods(
     .await;
     ready.sort_by_key(|p| p.name_any());
     ready
-}
-
-async fn node_zones(client: &Client) -> BTreeMap<String, String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default().labels("sandbox.raft-operator.io/node=true"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| {
-            (
-                n.name_any(),
-                n.labels()
-                    .get("topology.kubernetes.io/zone")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 fn node_of(pod: &Pod) -> String {
