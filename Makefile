@@ -53,11 +53,6 @@ test-unit:
 test: lint test-unit crd-drift crd-validate $(TEST_TARGETS)
 	@echo "make test: all checks passed"
 
-## demo: what can be shown today (see README.md).
+## demo: sandbox, CRD and operator, a 5-voter cluster over 3 zones, its status, writes and reads.
 demo:
-	$(CARGO) build -q -p raftctl
-	@echo "== raftctl quorum 5 7 9 --zones 3 (the first exercise)"
-	@$${CARGO_TARGET_DIR:-target}/debug/raftctl quorum 5 7 9 --zones 3
-	@echo
-	@echo "== 6 versus 5 voters with 3 failed"
-	@$${CARGO_TARGET_DIR:-target}/debug/raftctl quorum 5 6 --zones 3 --fail 3
+	scripts/demo.sh
