@@ -283,7 +283,7 @@ impl RaftNode {
     }
 
     fn reachability_window(&self) -> Duration {
-        Duration::from_millis(self.args.election_timeout_max_ms + self.args.heartbeat_ms)
+        Duration::from_millis(self.args.election_timeout_max_ms * 2)
     }
 
     /// (reachable voters including self, voters, quorum size)

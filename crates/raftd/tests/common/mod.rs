@@ -75,3 +75,18 @@ pub async fn leader(c: &LocalCluster, timeout: Duration) -> Option<u64> {
 pub fn node_client(c: &LocalCluster, id: u64) -> RaftClient {
     RaftClient::new(&[c.node(id).unwrap().grpc_addr.clone()]).unwrap()
 }
+
+/// Puts with retries on outcome-unknown/unavailable answers (for setup writes only: a put of the
+/// same value is idempotent, so retrying is harmless). Returns the revision of the acked put.
+pub async fn put_retry(client: &RaftClient, key: &[u8], value: &[u8]) -> u64 {
+    let start = Instant::now();
+    loop {
+        match client.put(key, value).await {
+            Ok(r) => return r.revision,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(20), "put kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
