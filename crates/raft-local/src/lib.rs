@@ -251,6 +251,11 @@ impl LocalCluster {
 
     /// SIGKILL.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_process(id)?;
+        self.save()
+    }
+
+    fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
         let pid = self.pid_of(id)?;
         if alive(pid) {
             signal(pid, libc::SIGKILL)?;
@@ -264,7 +269,7 @@ impl LocalCluster {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
             n.pid = None;
         }
-        self.save()
+        Ok(())
     }
 
     /// SIGSTOP.
@@ -285,18 +290,27 @@ impl LocalCluster {
         self.spawn(id)
     }
 
-    /// Stops every node (SIGCONT first so paused nodes can exit, then SIGKILL).
+    /// Stops every node (SIGCONT first so paused nodes can exit, then SIGKILL). Every node is
+    /// signalled even if one fails; the first error is returned.
     pub fn down(&mut self) -> anyhow::Result<()> {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let mut first_err = None;
         for id in ids {
             if let Some(pid) = self.node(id)?.pid
                 && alive(pid)
             {
                 let _ = signal(pid, libc::SIGCONT);
-                self.kill(id)?;
+                if let Err(e) = self.kill_process(id) {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        self.save()
+        if self.dir.exists()
+            && let Err(e) = self.save()
+        {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Whether node `id`'s process is running.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use raft_proto::{Consistency, ErrorKind, RaftClient};
 
 async fn elect_replicate_failover(n: usize) {
-    let (guard, _dir) = common::up(&format!("failover{n}"), n, &[]).await;
-    let mut c = guard.0.clone();
+    let (_dir, mut guard) = common::up(&format!("failover{n}"), n, &[]).await;
+    let c = &mut guard.0;
     let client = c.client().unwrap();
     for i in 0..20 {
         common::put_retry(&client, format!("k{i}").as_bytes(), b"v1").await;
@@ -17,7 +17,7 @@ async fn elect_replicate_failover(n: usize) {
     // Every node replicates and applies the writes.
     let start = Instant::now();
     for node in c.nodes.clone() {
-        let nc = common::node_client(&c, node.id);
+        let nc = common::node_client(c, node.id);
         loop {
             let r = nc.get(b"last", Consistency::Stale).await.unwrap();
             if r.found && r.revision >= last {
@@ -28,7 +28,7 @@ async fn elect_replicate_failover(n: usize) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let old = common::leader(&c, Duration::from_secs(5)).await.expect("leader");
+    let old = common::leader(c, Duration::from_secs(5)).await.expect("leader");
     let killed_at = Instant::now();
     c.kill(old).unwrap();
     let client = c.client().unwrap();
@@ -36,7 +36,7 @@ async fn elect_replicate_failover(n: usize) {
     // retries (idempotent put) and reports the time until the first acknowledged write.
     let put_revision = common::put_retry(&client, b"after-failover", b"y").await;
     let served_after = killed_at.elapsed();
-    let new = common::leader(&c, Duration::from_secs(5)).await.expect("new leader");
+    let new = common::leader(c, Duration::from_secs(5)).await.expect("new leader");
     assert_ne!(new, old);
     println!("{n} nodes: leader {old} killed; new leader {new} served a write after {served_after:?}");
     let g = client.get(b"after-failover", Consistency::Linearizable).await.unwrap();
@@ -48,7 +48,7 @@ async fn elect_replicate_failover(n: usize) {
     }
     // The killed node restarts and catches up.
     c.restart(old).unwrap();
-    let nc = common::node_client(&c, old);
+    let nc = common::node_client(c, old);
     let start = Instant::now();
     loop {
         if let Ok(r) = nc.get(b"after-failover", Consistency::Stale).await
@@ -59,8 +59,6 @@ async fn elect_replicate_failover(n: usize) {
         assert!(start.elapsed() < Duration::from_secs(10), "restarted node {old} did not catch up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(guard);
-    c.down().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +73,7 @@ async fn five_nodes_elect_replicate_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_api_semantics() {
-    let (guard, _dir) = common::up("kvapi", 3, &[]).await;
+    let (_dir, guard) = common::up("kvapi", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let p1 = client.put(b"a/1", b"one").await.unwrap();
@@ -132,7 +130,7 @@ async fn kv_api_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
-    let (guard, _dir) = common::up("malformed", 3, &[]).await;
+    let (_dir, guard) = common::up("malformed", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let big_key = vec![b'k'; 5000];

@@ -11,7 +11,9 @@ pub fn raftd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftd"))
 }
 
-pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (ClusterGuard, tempdirs::Dir) {
+/// Returns (dir, guard): declared in this order, the guard drops first and stops the nodes
+/// before the directory is removed.
+pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (tempdirs::Dir, ClusterGuard) {
     let dir = tempdirs::Dir::new(name);
     let c = LocalCluster::up(
         &dir.0,
@@ -24,7 +26,7 @@ pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (ClusterGuard, temp
     )
     .await
     .expect("local cluster up");
-    (ClusterGuard(c), dir)
+    (dir, ClusterGuard(c))
 }
 
 pub mod tempdirs {
