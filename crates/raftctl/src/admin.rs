@@ -87,7 +87,10 @@ fn members_json(members: &[Member]) -> serde_json::Value {
 }
 
 fn print_members(members: &[Member], leader: Option<u64>) {
-    println!("{:<4} {:<8} {:<7} {:<22} {:>11} {:>6} {}", "ID", "ROLE", "LEADER", "GRPC", "MATCH", "LAG", "HEALTHY");
+    println!(
+        "{:<4} {:<8} {:<7} {:<22} {:>11} {:>6} {}",
+        "ID", "ROLE", "LEADER", "GRPC", "MATCH", "LAG", "HEALTHY"
+    );
     for m in members {
         println!(
             "{:<4} {:<8} {:<7} {:<22} {:>11} {:>6} {}",
@@ -115,12 +118,17 @@ pub async fn status(a: &StatusArgs, out: OutputFormat) -> anyhow::Result<()> {
                 s.id,
                 s.role,
                 s.term,
-                leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+                leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "none".into()),
                 s.commit_index,
                 s.applied_index,
                 if s.lease_valid { "valid" } else { "-" }
             );
-            println!("voters reachable: {} of {} (quorum {})", s.reachable_voters, s.voters, s.quorum);
+            println!(
+                "voters reachable: {} of {} (quorum {})",
+                s.reachable_voters, s.voters, s.quorum
+            );
             print_members(&s.members, leader);
         }
     }
@@ -133,12 +141,21 @@ pub async fn member(a: &MemberArgs, out: OutputFormat) -> anyhow::Result<()> {
         MemberCommand::List => {
             let s = client.status().await?;
             match out {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&members_json(&s.members))?),
-                OutputFormat::Table => print_members(&s.members, s.has_leader.then_some(s.leader_id)),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&members_json(&s.members))?
+                ),
+                OutputFormat::Table => {
+                    print_members(&s.members, s.has_leader.then_some(s.leader_id))
+                }
             }
             return Ok(());
         }
-        MemberCommand::Add { id, grpc_addr, http_addr } => client.add_learner(*id, grpc_addr, http_addr).await?,
+        MemberCommand::Add {
+            id,
+            grpc_addr,
+            http_addr,
+        } => client.add_learner(*id, grpc_addr, http_addr).await?,
         MemberCommand::Promote { id } => client.promote_voter(*id).await?,
         MemberCommand::Remove { id } => client.remove_member(*id).await?,
     };
@@ -152,7 +169,15 @@ pub async fn member(a: &MemberArgs, out: OutputFormat) -> anyhow::Result<()> {
             }))?
         ),
         OutputFormat::Table => {
-            println!("{} (revision {})", if members.changed { "changed" } else { "no change needed" }, members.revision);
+            println!(
+                "{} (revision {})",
+                if members.changed {
+                    "changed"
+                } else {
+                    "no change needed"
+                },
+                members.revision
+            );
             print_members(&members.members, None);
         }
     }

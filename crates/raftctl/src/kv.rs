@@ -12,10 +12,20 @@ use crate::output::OutputFormat;
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
     /// Comma-separated gRPC endpoints of raftd nodes.
-    #[arg(long, global = true, env = "RAFTCTL_ENDPOINTS", default_value = "127.0.0.1:7001")]
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTCTL_ENDPOINTS",
+        default_value = "127.0.0.1:7001"
+    )]
     pub endpoints: String,
     /// Overall deadline per request, in milliseconds (retries included).
-    #[arg(long, global = true, env = "RAFTCTL_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTCTL_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub timeout_ms: u64,
 }
 
@@ -112,7 +122,9 @@ pub struct ListArgs {
 pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
     match err.downcast_ref::<ClientError>().map(|e| e.kind) {
         Some(ErrorKind::OutcomeUnknown) => std::process::ExitCode::from(3),
-        Some(ErrorKind::Unavailable | ErrorKind::DeadlineExceeded) => std::process::ExitCode::from(4),
+        Some(ErrorKind::Unavailable | ErrorKind::DeadlineExceeded) => {
+            std::process::ExitCode::from(4)
+        }
         _ => std::process::ExitCode::FAILURE,
     }
 }
@@ -122,14 +134,23 @@ fn text(b: &[u8]) -> String {
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("encoding JSON")?
+    );
     Ok(())
 }
 
 pub async fn put(a: &PutArgs, out: OutputFormat) -> anyhow::Result<()> {
-    let r = a.cluster.client()?.put(a.key.as_bytes(), a.value.as_bytes()).await?;
+    let r = a
+        .cluster
+        .client()?
+        .put(a.key.as_bytes(), a.value.as_bytes())
+        .await?;
     match out {
-        OutputFormat::Json => print_json(&serde_json::json!({"key": a.key, "revision": r.revision})),
+        OutputFormat::Json => {
+            print_json(&serde_json::json!({"key": a.key, "revision": r.revision}))
+        }
         OutputFormat::Table => {
             println!("OK revision={}", r.revision);
             Ok(())
@@ -138,7 +159,11 @@ pub async fn put(a: &PutArgs, out: OutputFormat) -> anyhow::Result<()> {
 }
 
 pub async fn get(a: &GetArgs, out: OutputFormat) -> anyhow::Result<()> {
-    let r = a.cluster.client()?.get(a.key.as_bytes(), a.consistency.into()).await?;
+    let r = a
+        .cluster
+        .client()?
+        .get(a.key.as_bytes(), a.consistency.into())
+        .await?;
     match out {
         OutputFormat::Json => print_json(&serde_json::json!({
             "key": a.key,
@@ -164,11 +189,15 @@ pub async fn get(a: &GetArgs, out: OutputFormat) -> anyhow::Result<()> {
 pub async fn del(a: &DelArgs, out: OutputFormat) -> anyhow::Result<()> {
     let r = a.cluster.client()?.delete(a.key.as_bytes()).await?;
     match out {
-        OutputFormat::Json => {
-            print_json(&serde_json::json!({"key": a.key, "deleted": r.deleted, "revision": r.revision}))
-        }
+        OutputFormat::Json => print_json(
+            &serde_json::json!({"key": a.key, "deleted": r.deleted, "revision": r.revision}),
+        ),
         OutputFormat::Table => {
-            println!("{} revision={}", if r.deleted { "deleted" } else { "not found" }, r.revision);
+            println!(
+                "{} revision={}",
+                if r.deleted { "deleted" } else { "not found" },
+                r.revision
+            );
             Ok(())
         }
     }
@@ -210,7 +239,11 @@ pub async fn cas(a: &CasArgs, out: OutputFormat) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "compare failed: key {:?} is {} (mod revision {})",
                     a.key,
-                    if r.found { format!("{:?}", text(&r.current_value)) } else { "absent".into() },
+                    if r.found {
+                        format!("{:?}", text(&r.current_value))
+                    } else {
+                        "absent".into()
+                    },
                     r.current_mod_revision
                 )
             }
@@ -219,7 +252,11 @@ pub async fn cas(a: &CasArgs, out: OutputFormat) -> anyhow::Result<()> {
 }
 
 pub async fn list(a: &ListArgs, out: OutputFormat) -> anyhow::Result<()> {
-    let r = a.cluster.client()?.list(a.prefix.as_bytes(), a.limit, a.consistency.into()).await?;
+    let r = a
+        .cluster
+        .client()?
+        .list(a.prefix.as_bytes(), a.limit, a.consistency.into())
+        .await?;
     match out {
         OutputFormat::Json => print_json(&serde_json::json!({
             "revision": r.revision,

@@ -29,20 +29,44 @@ pub enum LocalCommand {
         raftd_args: Vec<String>,
     },
     /// SIGKILL a node.
-    Kill { node_id: u64, #[arg(long)] dir: PathBuf },
+    Kill {
+        node_id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// SIGSTOP a node.
-    Pause { node_id: u64, #[arg(long)] dir: PathBuf },
+    Pause {
+        node_id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// SIGCONT a node.
-    Resume { node_id: u64, #[arg(long)] dir: PathBuf },
+    Resume {
+        node_id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Kill (if running) and start a node again with its data.
-    Restart { node_id: u64, #[arg(long)] dir: PathBuf },
+    Restart {
+        node_id: u64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Stop every node.
-    Down { #[arg(long)] dir: PathBuf },
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 pub async fn run(a: &LocalArgs, out: OutputFormat) -> anyhow::Result<()> {
     match &a.command {
-        LocalCommand::Up { nodes, dir, raftd, raftd_args } => {
+        LocalCommand::Up {
+            nodes,
+            dir,
+            raftd,
+            raftd_args,
+        } => {
             let start = Instant::now();
             let c = LocalCluster::up(
                 dir,
@@ -62,9 +86,16 @@ pub async fn run(a: &LocalArgs, out: OutputFormat) -> anyhow::Result<()> {
                         "nodes": c.nodes.iter().map(|n| serde_json::json!({"id": n.id, "grpc_addr": n.grpc_addr, "http_addr": n.http_addr, "pid": n.pid})).collect::<Vec<_>>()})
                 ),
                 OutputFormat::Table => {
-                    println!("{} nodes up in {:?}; leader is node {leader}", c.nodes.len(), start.elapsed());
+                    println!(
+                        "{} nodes up in {:?}; leader is node {leader}",
+                        c.nodes.len(),
+                        start.elapsed()
+                    );
                     for n in &c.nodes {
-                        println!("  node {}: grpc {} http {} pid {:?}", n.id, n.grpc_addr, n.http_addr, n.pid);
+                        println!(
+                            "  node {}: grpc {} http {} pid {:?}",
+                            n.id, n.grpc_addr, n.http_addr, n.pid
+                        );
                     }
                     println!("endpoints written to {}", c.dir.join("endpoints").display());
                 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use output::OutputFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "raftctl", version, about = "Client for raftd clusters and RaftCluster resources")]
+#[command(
+    name = "raftctl",
+    version,
+    about = "Client for raftd clusters and RaftCluster resources"
+)]
 struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -48,7 +52,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -20,19 +20,36 @@ fn store(kv: &mut Table<&[u8], &[u8]>, key: &[u8], value: &[u8], rev: u64) -> io
 }
 
 /// Applies one command at log index `index`. Deterministic: depends only on the map and command.
-pub fn apply(map: &mut KvMap, kv: &mut Table<&[u8], &[u8]>, index: u64, cmd: Command) -> io::Result<CommandResult> {
+pub fn apply(
+    map: &mut KvMap,
+    kv: &mut Table<&[u8], &[u8]>,
+    index: u64,
+    cmd: Command,
+) -> io::Result<CommandResult> {
     match cmd {
         Command::Put { key, value } => {
             store(kv, &key, &value, index)?;
             let previous = map.insert(key, (value, index));
-            Ok(CommandResult { revision: index, succeeded: true, previous })
+            Ok(CommandResult {
+                revision: index,
+                succeeded: true,
+                previous,
+            })
         }
         Command::Delete { key } => {
             kv.remove(key.as_slice()).map_err(io_err)?;
             let previous = map.remove(&key);
-            Ok(CommandResult { revision: index, succeeded: previous.is_some(), previous })
+            Ok(CommandResult {
+                revision: index,
+                succeeded: previous.is_some(),
+                previous,
+            })
         }
-        Command::Cas { key, expect, new_value } => {
+        Command::Cas {
+            key,
+            expect,
+            new_value,
+        } => {
             let current = map.get(&key).cloned();
             let holds = match (&expect, &current) {
                 (Expect::Absent, None) => true,
@@ -55,7 +72,11 @@ pub fn apply(map: &mut KvMap, kv: &mut Table<&[u8], &[u8]>, index: u64, cmd: Com
                     }
                 }
             }
-            Ok(CommandResult { revision: index, succeeded: holds, previous: current })
+            Ok(CommandResult {
+                revision: index,
+                succeeded: holds,
+                previous: current,
+            })
         }
     }
 }

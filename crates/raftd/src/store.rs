@@ -213,7 +213,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(get_meta::<Option<LogId>>(&self.db, LOG_META, "committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -332,9 +336,15 @@ impl StateMachineStore {
         let applied: Option<LogId> = get_meta::<Option<LogId>>(&db, SM_META, "applied")?.flatten();
         if let Some(a) = &applied {
             state.applied_index.store(a.index, Ordering::Release);
-            state.applied_term.store(a.leader_id.term, Ordering::Release);
+            state
+                .applied_term
+                .store(a.leader_id.term, Ordering::Release);
         }
-        Ok(Self { db, state, snapshot_seq: 0 })
+        Ok(Self {
+            db,
+            state,
+            snapshot_seq: 0,
+        })
     }
 
     fn build_snapshot_now(&mut self) -> io::Result<Snapshot> {
@@ -342,20 +352,34 @@ impl StateMachineStore {
         let data = {
             let map = self.state.data.read().map_err(io_err)?;
             let payload = SnapshotPayload {
-                data: map.iter().map(|(k, (v, r))| (k.clone(), v.clone(), *r)).collect(),
+                data: map
+                    .iter()
+                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                    .collect(),
             };
             encode(&payload)?
         };
         self.snapshot_seq += 1;
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         put_meta_durable(&self.db, SM_META, "snapshot", &stored)?;
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 
     fn applied_state_sync(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&self.db, SM_META, "applied")?.flatten();
-        let membership: StoredMembership = get_meta(&self.db, SM_META, "membership")?.unwrap_or_default();
+        let applied: Option<LogId> =
+            get_meta::<Option<LogId>>(&self.db, SM_META, "applied")?.flatten();
+        let membership: StoredMembership =
+            get_meta(&self.db, SM_META, "membership")?.unwrap_or_default();
         Ok((applied, membership))
     }
 }
@@ -399,11 +423,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let index = entry.log_id.index;
                 let result = match entry.payload {
                     EntryPayload::Blank => CommandResultOrNone::None,
-                    EntryPayload::Normal(cmd) => {
-                        CommandResultOrNone::Some(state_machine::apply(&mut map, &mut kv, index, cmd)?)
-                    }
+                    EntryPayload::Normal(cmd) => CommandResultOrNone::Some(state_machine::apply(
+                        &mut map, &mut kv, index, cmd,
+                    )?),
                     EntryPayload::Membership(m) => {
-                        last_membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m));
+                        last_membership =
+                            Some(StoredMembership::new(Some(entry.log_id.clone()), m));
                         CommandResultOrNone::None
                     }
                 };
@@ -424,15 +449,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut meta = txn.open_table(SM_META).map_err(io_err)?;
             if let Some(a) = &last_applied {
-                meta.insert("applied", encode(&Some(a.clone()))?.as_slice()).map_err(io_err)?;
+                meta.insert("applied", encode(&Some(a.clone()))?.as_slice())
+                    .map_err(io_err)?;
             }
             if let Some(m) = &last_membership {
-                meta.insert("membership", encode(m)?.as_slice()).map_err(io_err)?;
+                meta.insert("membership", encode(m)?.as_slice())
+                    .map_err(io_err)?;
             }
         }
         txn.commit().map_err(io_err)?;
         if let Some(a) = &last_applied {
-            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
+            self.state
+                .applied_term
+                .store(a.leader_id.term, Ordering::Release);
             self.state.applied_index.store(a.index, Ordering::Release);
         }
         for (r, res) in responders {
@@ -442,10 +471,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachineStore { db: self.db.clone(), state: self.state.clone(), snapshot_seq: self.snapshot_seq }
+        StateMachineStore {
+            db: self.db.clone(),
+            state: self.state.clone(),
+            snapshot_seq: self.snapshot_seq,
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let payload: SnapshotPayload = decode(&snapshot)?;
         let mut map = BTreeMap::new();
         let txn = self.db.begin_write().map_err(io_err)?;
@@ -453,19 +490,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut kv = txn.open_table(KV).map_err(io_err)?;
             kv.retain(|_, _| false).map_err(io_err)?;
             for (k, v, r) in payload.data {
-                kv.insert(k.as_slice(), encode(&(v.clone(), r))?.as_slice()).map_err(io_err)?;
+                kv.insert(k.as_slice(), encode(&(v.clone(), r))?.as_slice())
+                    .map_err(io_err)?;
                 map.insert(k, (v, r));
             }
             let mut m = txn.open_table(SM_META).map_err(io_err)?;
-            m.insert("applied", encode(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
-            m.insert("membership", encode(&meta.last_membership)?.as_slice()).map_err(io_err)?;
-            let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
-            m.insert("snapshot", encode(&stored)?.as_slice()).map_err(io_err)?;
+            m.insert("applied", encode(&meta.last_log_id)?.as_slice())
+                .map_err(io_err)?;
+            m.insert("membership", encode(&meta.last_membership)?.as_slice())
+                .map_err(io_err)?;
+            let stored = StoredSnapshot {
+                meta: meta.clone(),
+                data: snapshot,
+            };
+            m.insert("snapshot", encode(&stored)?.as_slice())
+                .map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         *self.state.data.write().map_err(io_err)? = map;
         if let Some(a) = &meta.last_log_id {
-            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
+            self.state
+                .applied_term
+                .store(a.leader_id.term, Ordering::Release);
             self.state.applied_index.store(a.index, Ordering::Release);
         }
         Ok(())
@@ -473,7 +519,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let stored: Option<StoredSnapshot> = get_meta(&self.db, SM_META, "snapshot")?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: s.data,
+        }))
     }
 }
 

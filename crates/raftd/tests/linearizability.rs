@@ -16,16 +16,31 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 
 #[derive(Debug, Clone)]
 enum Event {
-    Invoke { key: usize, tid: (u64, u64), op: RegisterOp<String> },
-    Return { key: usize, tid: (u64, u64), ret: RegisterRet<String> },
+    Invoke {
+        key: usize,
+        tid: (u64, u64),
+        op: RegisterOp<String>,
+    },
+    Return {
+        key: usize,
+        tid: (u64, u64),
+        ret: RegisterRet<String>,
+    },
     /// The operation definitely had no effect (not applied / failed read): drop its invocation.
     Cancel { tid: (u64, u64) },
 }
 
 const KEYS: usize = 3;
 
-async fn client_loop(id: u64, endpoints: String, history: Arc<Mutex<Vec<Event>>>, stop: Arc<AtomicBool>) -> (u64, u64, u64) {
-    let client = RaftClient::new(&[endpoints]).unwrap().with_deadline(Duration::from_secs(2));
+async fn client_loop(
+    id: u64,
+    endpoints: String,
+    history: Arc<Mutex<Vec<Event>>>,
+    stop: Arc<AtomicBool>,
+) -> (u64, u64, u64) {
+    let client = RaftClient::new(&[endpoints])
+        .unwrap()
+        .with_deadline(Duration::from_secs(2));
     let mut generation = 0u64;
     let (mut ok, mut unknown, mut failed) = (0, 0, 0);
     let mut n = 0u64;
@@ -34,11 +49,22 @@ async fn client_loop(id: u64, endpoints: String, history: Arc<Mutex<Vec<Event>>>
         let key = ((n * 7 + id * 3) % KEYS as u64) as usize;
         let tid = (id, generation);
         let is_write = (n + id) % 2 == 0;
-        let op = if is_write { RegisterOp::Write(format!("c{id}-{n}")) } else { RegisterOp::Read };
-        history.lock().unwrap().push(Event::Invoke { key, tid, op: op.clone() });
+        let op = if is_write {
+            RegisterOp::Write(format!("c{id}-{n}"))
+        } else {
+            RegisterOp::Read
+        };
+        history.lock().unwrap().push(Event::Invoke {
+            key,
+            tid,
+            op: op.clone(),
+        });
         let kname = format!("lin/{key}");
         let res = match &op {
-            RegisterOp::Write(v) => client.put(kname.as_bytes(), v.as_bytes()).await.map(|_| RegisterRet::WriteOk),
+            RegisterOp::Write(v) => client
+                .put(kname.as_bytes(), v.as_bytes())
+                .await
+                .map(|_| RegisterRet::WriteOk),
             RegisterOp::Read => {
                 let lvl = match n % 3 {
                     0 => Consistency::Linearizable,
@@ -46,14 +72,21 @@ async fn client_loop(id: u64, endpoints: String, history: Arc<Mutex<Vec<Event>>>
                     _ => Consistency::ReadIndex,
                 };
                 client.get(kname.as_bytes(), lvl).await.map(|r| {
-                    RegisterRet::ReadOk(if r.found { String::from_utf8(r.value).unwrap() } else { String::new() })
+                    RegisterRet::ReadOk(if r.found {
+                        String::from_utf8(r.value).unwrap()
+                    } else {
+                        String::new()
+                    })
                 })
             }
         };
         match res {
             Ok(ret) => {
                 ok += 1;
-                history.lock().unwrap().push(Event::Return { key, tid, ret });
+                history
+                    .lock()
+                    .unwrap()
+                    .push(Event::Return { key, tid, ret });
             }
             Err(e) if is_write && e.kind == ErrorKind::OutcomeUnknown => {
                 unknown += 1;
@@ -85,7 +118,12 @@ async fn histories_under_kill_and_pause_are_linearizable() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..4 {
-        tasks.push(tokio::spawn(client_loop(id, c.endpoints(), history.clone(), stop.clone())));
+        tasks.push(tokio::spawn(client_loop(
+            id,
+            c.endpoints(),
+            history.clone(),
+            stop.clone(),
+        )));
     }
     let start = Instant::now();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -111,7 +149,9 @@ async fn histories_under_kill_and_pause_are_linearizable() {
         unknown += u;
         failed += f;
     }
-    println!("history: {ok} completed, {unknown} outcome-unknown writes, {failed} failed (not applied) operations");
+    println!(
+        "history: {ok} completed, {unknown} outcome-unknown writes, {failed} failed (not applied) operations"
+    );
     assert!(ok > 20, "too few completed operations to say anything");
 
     let events = history.lock().unwrap().clone();
@@ -135,11 +175,14 @@ async fn histories_under_kill_and_pause_are_linearizable() {
         }
     }
     // Feed the checker in real-time order; outcome-unknown writes stay invoked without a return.
-    let mut per_key: BTreeMap<usize, LinearizabilityTester<(u64, u64), Register<String>>> = BTreeMap::new();
+    let mut per_key: BTreeMap<usize, LinearizabilityTester<(u64, u64), Register<String>>> =
+        BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         match e {
             Event::Invoke { key, tid, op } if !cancelled_invocations.contains(&i) => {
-                let t = per_key.entry(*key).or_insert_with(|| LinearizabilityTester::new(Register(String::new())));
+                let t = per_key
+                    .entry(*key)
+                    .or_insert_with(|| LinearizabilityTester::new(Register(String::new())));
                 t.on_invoke(*tid, op.clone()).unwrap();
             }
             Event::Return { key, tid, ret } => {
@@ -151,17 +194,23 @@ async fn histories_under_kill_and_pause_are_linearizable() {
     }
     for (key, t) in &per_key {
         println!("key lin/{key}: {} operations", t.len());
-        assert!(t.is_consistent(), "history of key lin/{key} is not linearizable: {t:?}");
+        assert!(
+            t.is_consistent(),
+            "history of key lin/{key} is not linearizable: {t:?}"
+        );
     }
 }
 
 /// The checker itself rejects a stale read (guards against a test that cannot fail).
 #[test]
 fn checker_rejects_a_stale_read() {
-    let mut t: LinearizabilityTester<(u64, u64), Register<String>> = LinearizabilityTester::new(Register(String::new()));
-    t.on_invoke((0, 0), RegisterOp::Write("new".into())).unwrap();
+    let mut t: LinearizabilityTester<(u64, u64), Register<String>> =
+        LinearizabilityTester::new(Register(String::new()));
+    t.on_invoke((0, 0), RegisterOp::Write("new".into()))
+        .unwrap();
     t.on_return((0, 0), RegisterRet::WriteOk).unwrap();
     t.on_invoke((1, 0), RegisterOp::Read).unwrap();
-    t.on_return((1, 0), RegisterRet::ReadOk(String::new())).unwrap();
+    t.on_return((1, 0), RegisterRet::ReadOk(String::new()))
+        .unwrap();
     assert!(!t.is_consistent());
 }

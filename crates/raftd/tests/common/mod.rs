@@ -34,7 +34,8 @@ pub mod tempdirs {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new(name: &str) -> Self {
-            let base = std::env::temp_dir().join(format!("raftd-test-{name}-{}", std::process::id()));
+            let base =
+                std::env::temp_dir().join(format!("raftd-test-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&base);
             std::fs::create_dir_all(&base).unwrap();
             Dir(base)
@@ -86,7 +87,10 @@ pub async fn put_retry(client: &RaftClient, key: &[u8], value: &[u8]) -> u64 {
         match client.put(key, value).await {
             Ok(r) => return r.revision,
             Err(e) => {
-                assert!(start.elapsed() < Duration::from_secs(20), "put kept failing: {e}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "put kept failing: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
