@@ -451,12 +451,13 @@ impl RaftClient {
             match self.status_of(ep).await {
                 Ok(s) if s.role == "leader" => return Ok(s),
                 Ok(s) => {
-                    if s.has_leader && !s.leader_grpc_addr.is_empty() && fallback.is_none() {
-                        if let Ok(l) = self.status_of(&s.leader_grpc_addr).await
-                            && l.role == "leader"
-                        {
-                            return Ok(l);
-                        }
+                    if s.has_leader
+                        && !s.leader_grpc_addr.is_empty()
+                        && fallback.is_none()
+                        && let Ok(l) = self.status_of(&s.leader_grpc_addr).await
+                        && l.role == "leader"
+                    {
+                        return Ok(l);
                     }
                     fallback.get_or_insert(s);
                 }

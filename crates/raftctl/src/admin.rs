@@ -88,8 +88,8 @@ fn members_json(members: &[Member]) -> serde_json::Value {
 
 fn print_members(members: &[Member], leader: Option<u64>) {
     println!(
-        "{:<4} {:<8} {:<7} {:<22} {:>11} {:>6} {}",
-        "ID", "ROLE", "LEADER", "GRPC", "MATCH", "LAG", "HEALTHY"
+        "{:<4} {:<8} {:<7} {:<22} {:>11} {:>6} HEALTHY",
+        "ID", "ROLE", "LEADER", "GRPC", "MATCH", "LAG"
     );
     for m in members {
         println!(

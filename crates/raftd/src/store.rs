@@ -179,7 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
         };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }
@@ -190,7 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let db = self.db.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         tokio::task::spawn_blocking(move || put_meta_durable(&db, LOG_META, "vote", &vote))
             .await
             .map_err(io_err)?
@@ -427,12 +427,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         &mut map, &mut kv, index, cmd,
                     )?),
                     EntryPayload::Membership(m) => {
-                        last_membership =
-                            Some(StoredMembership::new(Some(entry.log_id.clone()), m));
+                        last_membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         CommandResultOrNone::None
                     }
                 };
-                last_applied = Some(entry.log_id.clone());
+                last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     let res = match result {
                         CommandResultOrNone::Some(r) => r,
@@ -449,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut meta = txn.open_table(SM_META).map_err(io_err)?;
             if let Some(a) = &last_applied {
-                meta.insert("applied", encode(&Some(a.clone()))?.as_slice())
+                meta.insert("applied", encode(&Some(*a))?.as_slice())
                     .map_err(io_err)?;
             }
             if let Some(m) = &last_membership {

@@ -183,7 +183,7 @@ async fn kv_api_semantics() {
     // A follower redirects: a client that only knows a follower still gets served via the hint.
     let leader = common::leader(&c, Duration::from_secs(5)).await.unwrap();
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
-    let all = RaftClient::new(&[follower.grpc_addr.clone()]).unwrap();
+    let all = RaftClient::new(std::slice::from_ref(&follower.grpc_addr)).unwrap();
     let e = all.put(b"via-follower", b"1").await;
     // The client only knows the follower's address but follows the leader hint.
     assert!(e.is_ok(), "put via follower hint: {e:?}");

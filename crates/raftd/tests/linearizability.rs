@@ -48,7 +48,7 @@ async fn client_loop(
         n += 1;
         let key = ((n * 7 + id * 3) % KEYS as u64) as usize;
         let tid = (id, generation);
-        let is_write = (n + id) % 2 == 0;
+        let is_write = (n + id).is_multiple_of(2);
         let op = if is_write {
             RegisterOp::Write(format!("c{id}-{n}"))
         } else {
