@@ -189,6 +189,7 @@ impl RaftNode {
             enable_pre_vote: Some(true),
             enable_leader_restore: Some(false),
             max_payload_entries: 2000,
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()?;

@@ -12,7 +12,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
@@ -106,20 +106,122 @@ pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
 
 // ------------------------------------------------------------------------------- log store
 
+/// One queued log-store write, executed in order by the writer thread.
+enum WriteOp {
+    /// Entries to append; `callback` fires once they are fsynced.
+    Append(Vec<(LogId, Vec<u8>)>, IOFlushed<TypeConfig>),
+    /// Any other write, run in its own transaction; the result is sent back.
+    Other(
+        Box<dyn FnOnce(&Database) -> io::Result<()> + Send>,
+        tokio::sync::oneshot::Sender<io::Result<()>>,
+    ),
+}
+
 /// The Raft log on redb. Cloned for log readers; all clones share the database.
+///
+/// `append` returns as soon as the entries are queued (and visible to readers through an
+/// in-memory cache); a writer thread group-commits queued appends in one fsynced transaction
+/// and then reports them flushed. With openraft's `broadcast_submitted_on_append`, the leader
+/// replicates entries while its own fsync is still running, so leader and follower fsyncs
+/// overlap instead of adding up.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Entries queued but not yet committed to redb, by index.
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    tx: std::sync::mpsc::Sender<WriteOp>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry>>>, rx: std::sync::mpsc::Receiver<WriteOp>) {
+    let mut next: Option<WriteOp> = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        match op {
+            WriteOp::Other(f, done) => {
+                let _ = done.send(f(&db));
+            }
+            WriteOp::Append(first, cb) => {
+                // Group commit: take every append already queued behind this one.
+                let mut batch = vec![(first, cb)];
+                while let Ok(op) = rx.try_recv() {
+                    match op {
+                        WriteOp::Append(e, cb) => batch.push((e, cb)),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let res = (|| -> io::Result<()> {
+                    let txn = db.begin_write().map_err(io_err)?;
+                    {
+                        let mut t = txn.open_table(LOG).map_err(io_err)?;
+                        for (entries, _) in &batch {
+                            for (log_id, bytes) in entries {
+                                t.insert(log_id.index, bytes.as_slice()).map_err(io_err)?;
+                            }
+                        }
+                    }
+                    txn.commit().map_err(io_err)
+                })();
+                if res.is_ok() {
+                    let mut p = lock(&pending);
+                    for (entries, _) in &batch {
+                        for (log_id, _) in entries {
+                            // Keep a newer entry that replaced this one after a truncation.
+                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(&log_id.index);
+                            }
+                        }
+                    }
+                }
+                for (_, cb) in batch {
+                    match &res {
+                        Ok(()) => cb.io_completed(Ok(())),
+                        Err(e) => cb.io_completed(Err(io::Error::other(e.to_string()))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let (d, p) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raftd-log-writer".into())
+            .spawn(move || writer_loop(d, p, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log writer thread"));
+        Self { db, pending, tx }
+    }
+
+    /// Runs `f` on the writer thread after every queued append, and waits for it.
+    async fn write_ordered(&self, f: impl FnOnce(&Database) -> io::Result<()> + Send + 'static) -> io::Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteOp::Other(Box::new(f), done))
+            .map_err(|_| io::Error::other("log writer thread stopped"))?;
+        rx.await.map_err(|_| io::Error::other("log writer thread stopped"))?
     }
 
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let t = txn.open_table(LOG).map_err(io_err)?;
         let start = match range.start_bound() {
             Bound::Included(s) => *s,
             Bound::Excluded(s) => s.saturating_add(1),
@@ -130,27 +232,28 @@ impl LogStore {
             Bound::Excluded(e) => Bound::Excluded(*e),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out = Vec::new();
-        let iter = match end {
-            Bound::Included(e) => {
-                if e < start {
-                    return Ok(out);
-                }
-                t.range(start..=e).map_err(io_err)?
-            }
-            Bound::Excluded(e) => {
-                if e <= start {
-                    return Ok(out);
-                }
-                t.range(start..e).map_err(io_err)?
-            }
-            Bound::Unbounded => t.range(start..).map_err(io_err)?,
+        let empty = match end {
+            Bound::Included(e) => e < start,
+            Bound::Excluded(e) => e <= start,
+            Bound::Unbounded => false,
         };
-        for item in iter {
-            let (_, v) = item.map_err(io_err)?;
-            out.push(decode::<Entry>(v.value())?);
+        if empty {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // Snapshot the pending entries first: an entry leaves `pending` only after it is
+        // committed, so reading redb afterwards cannot miss it.
+        let cached: Vec<Entry> = lock(&self.pending).range((Bound::Included(start), end)).map(|(_, e)| e.clone()).collect();
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        for item in t.range::<u64>((Bound::Included(start), end)).map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            out.insert(k.value(), decode::<Entry>(v.value())?);
+        }
+        for e in cached {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -172,16 +275,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = get_meta(&self.db, LOG_META, "last_purged")?;
+        let cached_last = lock(&self.pending).values().next_back().map(|e| e.log_id);
         let txn = self.db.begin_read().map_err(io_err)?;
         let t = txn.open_table(LOG).map_err(io_err)?;
-        let last = match t.last().map_err(io_err)? {
+        let stored_last = match t.last().map_err(io_err)? {
             Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
             None => None,
         };
-        Ok(LogState {
-            last_log_id: last.or(last_purged),
-            last_purged_log_id: last_purged,
-        })
+        let last = match (cached_last, stored_last) {
+            (Some(c), Some(s)) => Some(if c.index >= s.index { c } else { s }),
+            (c, s) => c.or(s),
+        };
+        Ok(LogState { last_log_id: last.or(last_purged), last_purged_log_id: last_purged })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -189,72 +294,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let db = self.db.clone();
         let vote = *vote;
-        tokio::task::spawn_blocking(move || put_meta_durable(&db, LOG_META, "vote", &vote))
-            .await
-            .map_err(io_err)?
+        self.write_ordered(move |db| put_meta_durable(db, LOG_META, "vote", &vote)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not fsynced on its own: it becomes durable with the next log append. A lost update
         // only means re-applying fewer entries at startup, never applying uncommitted ones.
         let bytes = encode(&committed)?;
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::None).map_err(io_err)?;
-        {
-            let mut t = txn.open_table(LOG_META).map_err(io_err)?;
-            t.insert("committed", bytes.as_slice()).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
+        self.write_ordered(move |db| {
+            let mut txn = db.begin_write().map_err(io_err)?;
+            txn.set_durability(Durability::None).map_err(io_err)?;
+            {
+                let mut t = txn.open_table(LOG_META).map_err(io_err)?;
+                t.insert("committed", bytes.as_slice()).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(get_meta::<Option<LogId>>(&self.db, LOG_META, "committed")?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
-        for e in entries {
-            encoded.push((e.log_id.index, encode(&e)?));
-        }
-        let db = self.db.clone();
-        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let txn = db.begin_write().map_err(io_err)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(io_err)?;
-                for (idx, bytes) in &encoded {
-                    t.insert(*idx, bytes.as_slice()).map_err(io_err)?;
-                }
-            }
-            txn.commit().map_err(io_err)
-        })
-        .await
-        .map_err(io_err)?;
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::other(e.to_string())));
-                Err(e)
+        {
+            let mut p = lock(&self.pending);
+            for e in entries {
+                encoded.push((e.log_id, encode(&e)?));
+                p.insert(e.log_id.index, e);
             }
         }
+        self.tx
+            .send(WriteOp::Append(encoded, callback))
+            .map_err(|_| io::Error::other("log writer thread stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        {
+            let mut p = lock(&self.pending);
+            let _ = p.split_off(&from);
+        }
+        self.write_ordered(move |db| {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io_err)?;
@@ -263,12 +351,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(io_err)
         })
         .await
-        .map_err(io_err)?
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        self.write_ordered(move |db| {
             let bytes = encode(&log_id)?;
             let txn = db.begin_write().map_err(io_err)?;
             {
@@ -279,8 +365,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(io_err)
         })
-        .await
-        .map_err(io_err)?
+        .await?;
+        let mut p = lock(&self.pending);
+        let keep = p.split_off(&(log_id.index + 1));
+        *p = keep;
+        Ok(())
     }
 }
 
