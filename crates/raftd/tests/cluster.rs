@@ -268,3 +268,48 @@ async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
     assert_eq!(g.value, b"ok");
     assert!(g.revision >= p.revision);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_every_node() {
+    let (_dir, mut guard) = common::up("killall", 3, &[]).await;
+    let c = &mut guard.0;
+    let client = c.client().unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let k = format!("durable/{i}");
+        common::put_retry(&client, k.as_bytes(), b"v").await;
+        acked.push(k);
+    }
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    for id in &ids {
+        c.kill(*id).unwrap();
+    }
+    for id in &ids {
+        c.restart(*id).unwrap();
+    }
+    let start = Instant::now();
+    let client = c.client().unwrap();
+    for k in &acked {
+        let g = loop {
+            match client.get(k.as_bytes(), Consistency::Linearizable).await {
+                Ok(g) => break g,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "cluster did not come back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert!(
+            g.found,
+            "acknowledged write {k} lost after kill -9 of every node"
+        );
+    }
+    println!(
+        "all {} acknowledged writes present {:?} after restarting every node",
+        acked.len(),
+        start.elapsed()
+    );
+}
