@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use raft_proto::{Consistency, ErrorKind, RaftClient};
 
 async fn elect_replicate_failover(n: usize) {
-    let (_dir, mut guard) = common::up(&format!("failover{n}"), n, &[]).await;
+    let (_serial, _dir, mut guard) = common::up(&format!("failover{n}"), n, &[]).await;
     let c = &mut guard.0;
     let client = c.client().unwrap();
     for i in 0..20 {
@@ -92,7 +92,7 @@ async fn five_nodes_elect_replicate_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_api_semantics() {
-    let (_dir, guard) = common::up("kvapi", 3, &[]).await;
+    let (_serial, _dir, guard) = common::up("kvapi", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let p1 = client.put(b"a/1", b"one").await.unwrap();
@@ -191,7 +191,7 @@ async fn kv_api_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
-    let (_dir, guard) = common::up("malformed", 3, &[]).await;
+    let (_serial, _dir, guard) = common::up("malformed", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let big_key = vec![b'k'; 5000];
@@ -271,7 +271,7 @@ async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_of_every_node() {
-    let (_dir, mut guard) = common::up("killall", 3, &[]).await;
+    let (_serial, _dir, mut guard) = common::up("killall", 3, &[]).await;
     let c = &mut guard.0;
     let client = c.client().unwrap();
     let mut acked = Vec::new();

@@ -108,7 +108,7 @@ async fn client_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_kill_and_pause_are_linearizable() {
-    let (_dir, mut guard) = common::up("linearizability", 3, &[]).await;
+    let (_serial, _dir, mut guard) = common::up("linearizability", 3, &[]).await;
     let c = &mut guard.0;
     let setup = c.client().unwrap();
     for k in 0..KEYS {

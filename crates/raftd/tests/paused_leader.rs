@@ -11,7 +11,7 @@ use raft_proto::pb::{Consistency, GetRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_never_serves_superseded_value() {
-    let (_dir, mut guard) = common::up("paused", 3, &[]).await;
+    let (_serial, _dir, mut guard) = common::up("paused", 3, &[]).await;
     let c = &mut guard.0;
     let client = c.client().unwrap();
     common::put_retry(&client, b"k", b"old").await;

@@ -13,7 +13,7 @@ use raft_proto::{Consistency, ErrorKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_three_of_five_then_recover() {
-    let (_dir, mut guard) = common::up("quorumloss", 5, &[]).await;
+    let (_serial, _dir, mut guard) = common::up("quorumloss", 5, &[]).await;
     let c = &mut guard.0;
     let leader = common::leader(c, Duration::from_secs(10)).await.unwrap();
     let client = Arc::new(c.client().unwrap());

@@ -11,9 +11,27 @@ pub fn raftd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftd"))
 }
 
+/// Multi-process tests in one binary run one at a time: parallel clusters on a 2-core machine
+/// would turn timing into noise.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes the serial lock (for tests that start processes themselves).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 /// Returns (dir, guard): declared in this order, the guard drops first and stops the nodes
 /// before the directory is removed.
-pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (tempdirs::Dir, ClusterGuard) {
+pub async fn up(
+    name: &str,
+    nodes: usize,
+    extra: &[&str],
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempdirs::Dir,
+    ClusterGuard,
+) {
+    let serial = SERIAL.lock().await;
     let dir = tempdirs::Dir::new(name);
     let c = LocalCluster::up(
         &dir.0,
@@ -26,7 +44,7 @@ pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (tempdirs::Dir, Clu
     )
     .await
     .expect("local cluster up");
-    (dir, ClusterGuard(c))
+    (serial, dir, ClusterGuard(c))
 }
 
 pub mod tempdirs {

@@ -1,0 +1,270 @@
+//! The act step: carry out the planner's one action, and keep the cluster's Services and
+//! PodDisruptionBudget applied. Every write is server-side apply with one field manager.
+
+use crate::admin::{self, AdminError, MemberAddress};
+use crate::crd::RaftCluster;
+use crate::manifests::{
+    self, GRPC_PORT, allowed_disruptions, client_service, disruption_budget, member_grpc_addr,
+    member_http_addr, member_pod, member_volume, peer_service,
+};
+use crate::observed::{Observed, member_name, planned_zone, raft_id_of};
+use crate::plan::Action;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "raft-operator";
+
+/// Why an action could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// An API-server write failed.
+    #[error("{verb} {kind} {name} failed: {source}")]
+    Kube {
+        /// apply, delete...
+        verb: &'static str,
+        /// Object kind.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A raftd admin call failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The action needs a leader or member address that is not known.
+    #[error("cannot {action}: {reason}")]
+    Precondition {
+        /// The action.
+        action: &'static str,
+        /// What was missing.
+        reason: String,
+    },
+}
+
+impl ActError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ActError::Kube { .. } => "kube",
+            ActError::Admin(_) => "admin",
+            ActError::Precondition { .. } => "precondition",
+        }
+    }
+}
+
+async fn apply<K>(api: &Api<K>, kind: &'static str, object: &K) -> Result<(), ActError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| ActError::Kube {
+        verb: "apply",
+        kind,
+        name,
+        source,
+    })?;
+    Ok(())
+}
+
+/// Delete, treating NotFound as done.
+async fn delete<K>(api: &Api<K>, kind: &'static str, name: &str) -> Result<(), ActError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(ActError::Kube {
+            verb: "delete",
+            kind,
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Apply the non-disruptive objects every reconcile: Services and the Raft-driven PDB.
+pub async fn apply_cluster_objects(
+    client: &Client,
+    cluster: &RaftCluster,
+    observed: &Observed,
+    action: &Action,
+) -> Result<(), ActError> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    apply(&services, "Service", &peer_service(cluster)).await?;
+    apply(&services, "Service", &client_service(cluster)).await?;
+
+    let membership = observed.membership();
+    let voters = membership.voters.len() as u32;
+    let healthy = membership
+        .voters
+        .iter()
+        .filter_map(|id| id.checked_sub(1).and_then(|o| u32::try_from(o).ok()))
+        .filter(|ordinal| observed.is_healthy(*ordinal))
+        .count() as u32;
+    let in_flight = !matches!(action, Action::Wait { reason } if reason.is_empty());
+    let pods = observed.members.iter().filter(|m| m.pod.is_some()).count() as u32;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    let allowed = allowed_disruptions(healthy, voters.max(1), in_flight);
+    apply(
+        &budgets,
+        "PodDisruptionBudget",
+        &disruption_budget(cluster, pods, allowed),
+    )
+    .await
+}
+
+fn address_of(o: &Observed, ordinal: u32) -> MemberAddress {
+    MemberAddress {
+        id: raft_id_of(ordinal),
+        grpc_addr: member_grpc_addr(&o.name, &o.namespace, ordinal),
+        http_addr: member_http_addr(&o.name, &o.namespace, ordinal),
+    }
+}
+
+/// Where the operator reaches a member's admin API: its pod IP (the operator may run outside
+/// the cluster DNS).
+fn admin_addr(o: &Observed, ordinal: u32, action: &'static str) -> Result<String, ActError> {
+    o.member(ordinal)
+        .and_then(|m| m.pod.as_ref())
+        .and_then(|p| p.ip.clone())
+        .map(|ip| format!("{ip}:{GRPC_PORT}"))
+        .ok_or_else(|| ActError::Precondition {
+            action,
+            reason: format!("{} has no pod IP", member_name(&o.name, ordinal)),
+        })
+}
+
+fn leader_addr(o: &Observed, action: &'static str) -> Result<String, ActError> {
+    let leader = o.leader().ok_or_else(|| ActError::Precondition {
+        action,
+        reason: "no leader".to_string(),
+    })?;
+    admin_addr(o, leader.ordinal, action)
+}
+
+/// Carry out one planned action.
+pub async fn execute(
+    client: &Client,
+    cluster: &RaftCluster,
+    o: &Observed,
+    action: &Action,
+) -> Result<(), ActError> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    match action {
+        Action::Wait { .. } | Action::Blocked { .. } => Ok(()),
+        Action::CreateMembers { ordinals } => {
+            for ordinal in ordinals {
+                apply(
+                    &volumes,
+                    "PersistentVolumeClaim",
+                    &member_volume(cluster, *ordinal),
+                )
+                .await?;
+                let zone = planned_zone(&o.zones, *ordinal);
+                apply(&pods, "Pod", &member_pod(cluster, *ordinal, zone)).await?;
+            }
+            Ok(())
+        }
+        Action::InitializeCluster { ordinal, voters } => {
+            let members: Vec<MemberAddress> = voters.iter().map(|v| address_of(o, *v)).collect();
+            let addr = admin_addr(o, *ordinal, "initialize the cluster")?;
+            let already = admin::initialize(&addr, &o.uid, &members).await?;
+            tracing::info!(cluster = %o.name, already, voters = members.len(), "cluster initialized");
+            Ok(())
+        }
+        Action::AddLearner { ordinal } => {
+            let addr = leader_addr(o, "add a learner")?;
+            admin::add_learner(&addr, &address_of(o, *ordinal)).await?;
+            Ok(())
+        }
+        Action::PromoteVoter { ordinal } => {
+            let addr = leader_addr(o, "promote a voter")?;
+            admin::promote_voter(&addr, raft_id_of(*ordinal)).await?;
+            Ok(())
+        }
+        Action::TransferLeadership { to, .. } => {
+            let addr = leader_addr(o, "transfer leadership")?;
+            admin::transfer_leader(&addr, raft_id_of(*to)).await?;
+            Ok(())
+        }
+        Action::RemoveMember { ordinal, .. } => {
+            let addr = leader_addr(o, "remove a member")?;
+            admin::remove_member(&addr, raft_id_of(*ordinal)).await?;
+            Ok(())
+        }
+        Action::DeleteMember {
+            ordinal,
+            delete_volume,
+        } => {
+            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await?;
+            if *delete_volume {
+                delete(
+                    &volumes,
+                    "PersistentVolumeClaim",
+                    &manifests::volume_name(&o.name, *ordinal),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        Action::ReplaceMember { ordinal, .. } => {
+            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
+        }
+    }
+}
+
+/// Finalizer cleanup: pods go (their owner reference would take them too); volumes go only
+/// when `storage.retention.whenDeleted` is `Delete`.
+pub async fn cleanup(client: &Client, cluster: &RaftCluster) -> Result<(), ActError> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let selector =
+        kube::api::ListParams::default().labels(&format!("{}={name}", manifests::CLUSTER_LABEL));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let list = pods
+        .list(&selector)
+        .await
+        .map_err(|source| ActError::Kube {
+            verb: "list",
+            kind: "Pod",
+            name: name.clone(),
+            source,
+        })?;
+    for pod in list.items {
+        delete(&pods, "Pod", &pod.name_any()).await?;
+    }
+    if cluster.spec.storage.retention.when_deleted == crate::crd::RetentionPolicy::Delete {
+        let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+        let list = volumes
+            .list(&selector)
+            .await
+            .map_err(|source| ActError::Kube {
+                verb: "list",
+                kind: "PersistentVolumeClaim",
+                name: name.clone(),
+                source,
+            })?;
+        for volume in list.items {
+            delete(&volumes, "PersistentVolumeClaim", &volume.name_any()).await?;
+        }
+    }
+    Ok(())
+}

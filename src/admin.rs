@@ -1,0 +1,237 @@
+//! The operator's calls to raftd's admin API: read one member's status with a bounded timeout,
+//! and the membership calls the planner's actions need. Converts the wire format into
+//! [`RaftObserved`], the planner's view.
+
+use crate::crd::MemberRole;
+use crate::observed::RaftObserved;
+use raft_proto::pb;
+use raft_proto::pb::admin_client::AdminClient;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Bound on connecting to a member and on each admin call.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An admin call that failed, with the member address and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("admin call to {addr} failed: {reason}")]
+pub struct AdminError {
+    /// Address called.
+    pub addr: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+async fn connect(addr: &str) -> Result<AdminClient<Channel>, AdminError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|err| AdminError {
+            addr: addr.to_string(),
+            reason: format!("bad address: {err}"),
+        })?
+        .connect_timeout(ADMIN_TIMEOUT)
+        .timeout(ADMIN_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|err| AdminError {
+        addr: addr.to_string(),
+        reason: format!("cannot connect: {err}"),
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn failed(addr: &str, status: tonic::Status) -> AdminError {
+    AdminError {
+        addr: addr.to_string(),
+        reason: format!("{}: {}", status.code(), status.message()),
+    }
+}
+
+/// One member's status.
+pub async fn member_status(addr: &str) -> Result<RaftObserved, AdminError> {
+    let mut client = connect(addr).await?;
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| failed(addr, s))?
+        .into_inner();
+    Ok(to_observed(&status))
+}
+
+/// Convert the wire status into the planner's view.
+pub fn to_observed(s: &pb::StatusResponse) -> RaftObserved {
+    let role = match s.role.as_str() {
+        "leader" => MemberRole::Leader,
+        "follower" => MemberRole::Follower,
+        "candidate" => MemberRole::Candidate,
+        "learner" => MemberRole::Learner,
+        _ => MemberRole::Unknown,
+    };
+    RaftObserved {
+        initialized: s.initialized,
+        cluster_id: (!s.cluster_id.is_empty()).then(|| s.cluster_id.clone()),
+        epoch: s.epoch,
+        role,
+        term: s.term,
+        leader_id: s.has_leader.then_some(s.leader_id),
+        commit_index: s.commit_index,
+        last_log_index: s.last_log_index,
+        last_log_term: s.last_log_term,
+        voters: s
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| m.id)
+            .collect(),
+        learners: s
+            .members
+            .iter()
+            .filter(|m| m.role == "learner")
+            .map(|m| m.id)
+            .collect(),
+        joint: s.joint_membership,
+        matched: s
+            .members
+            .iter()
+            .filter(|m| m.match_known)
+            .map(|m| (m.id, m.match_index))
+            .collect(),
+        version: s.version.clone(),
+        lease_valid: s.lease_valid,
+    }
+}
+
+/// A member id with its advertised addresses.
+#[derive(Debug, Clone)]
+pub struct MemberAddress {
+    /// Raft id.
+    pub id: u64,
+    /// gRPC address peers and clients use.
+    pub grpc_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+}
+
+/// Form the cluster on the member at `addr`. Idempotent: a member already initialized into the
+/// same cluster answers `already_initialized`.
+pub async fn initialize(
+    addr: &str,
+    cluster_id: &str,
+    members: &[MemberAddress],
+) -> Result<bool, AdminError> {
+    let mut client = connect(addr).await?;
+    let response = client
+        .initialize(pb::InitializeRequest {
+            cluster_id: cluster_id.to_string(),
+            members: members
+                .iter()
+                .map(|m| pb::MemberAddr {
+                    id: m.id,
+                    grpc_addr: m.grpc_addr.clone(),
+                    http_addr: m.http_addr.clone(),
+                })
+                .collect(),
+        })
+        .await
+        .map_err(|s| failed(addr, s))?;
+    Ok(response.into_inner().already_initialized)
+}
+
+/// Add a learner, through the leader at `leader_addr`.
+pub async fn add_learner(leader_addr: &str, member: &MemberAddress) -> Result<(), AdminError> {
+    let mut client = connect(leader_addr).await?;
+    client
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(pb::MemberAddr {
+                id: member.id,
+                grpc_addr: member.grpc_addr.clone(),
+                http_addr: member.http_addr.clone(),
+            }),
+            wait_caught_up: false,
+        })
+        .await
+        .map_err(|s| failed(leader_addr, s))?;
+    Ok(())
+}
+
+/// Promote a learner to voter, through the leader.
+pub async fn promote_voter(leader_addr: &str, id: u64) -> Result<(), AdminError> {
+    let mut client = connect(leader_addr).await?;
+    client
+        .promote_voter(pb::PromoteVoterRequest { id })
+        .await
+        .map_err(|s| failed(leader_addr, s))?;
+    Ok(())
+}
+
+/// Remove a member from the configuration, through the leader.
+pub async fn remove_member(leader_addr: &str, id: u64) -> Result<(), AdminError> {
+    let mut client = connect(leader_addr).await?;
+    client
+        .remove_member(pb::RemoveMemberRequest { id })
+        .await
+        .map_err(|s| failed(leader_addr, s))?;
+    Ok(())
+}
+
+/// Ask the leader to hand leadership to `to`.
+pub async fn transfer_leader(leader_addr: &str, to: u64) -> Result<u64, AdminError> {
+    let mut client = connect(leader_addr).await?;
+    let response = client
+        .transfer_leader(pb::TransferLeaderRequest { to })
+        .await
+        .map_err(|s| failed(leader_addr, s))?;
+    Ok(response.into_inner().leader_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_status_becomes_the_planner_view() {
+        let status = pb::StatusResponse {
+            id: 1,
+            role: "leader".into(),
+            term: 4,
+            leader_id: 1,
+            has_leader: true,
+            last_log_index: 50,
+            initialized: true,
+            cluster_id: "uid".into(),
+            epoch: 1,
+            members: vec![
+                pb::Member {
+                    id: 1,
+                    role: "voter".into(),
+                    match_index: 50,
+                    match_known: true,
+                    ..Default::default()
+                },
+                pb::Member {
+                    id: 2,
+                    role: "voter".into(),
+                    match_index: 40,
+                    match_known: true,
+                    ..Default::default()
+                },
+                pb::Member {
+                    id: 3,
+                    role: "learner".into(),
+                    match_index: 0,
+                    match_known: false,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let view = to_observed(&status);
+        assert_eq!(view.role, MemberRole::Leader);
+        assert_eq!(view.voters, vec![1, 2]);
+        assert_eq!(view.learners, vec![3]);
+        assert_eq!(view.matched.get(&2), Some(&40));
+        assert!(
+            !view.matched.contains_key(&3),
+            "unknown progress is not zero progress"
+        );
+        assert_eq!(view.cluster_id.as_deref(), Some("uid"));
+        assert_eq!(view.leader_id, Some(1));
+    }
+}

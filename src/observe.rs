@@ -1,0 +1,188 @@
+//! The observe step: read the RaftCluster's pods, volumes and nodes from the API server and
+//! every member's raftd status in parallel, each call bounded, into an [`Observed`].
+
+use crate::admin;
+use crate::crd::RaftCluster;
+use crate::manifests::{
+    CLUSTER_LABEL, GRPC_PORT, MEMBER_LABEL, REVISION_LABEL, ZONE_LABEL, pod_revision,
+};
+use crate::observed::{MemberObserved, Observed, PodObserved};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why observation failed (only API-server failures; an unreachable member is an observation).
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Listing objects failed.
+    #[error("listing {what} failed: {source}")]
+    List {
+        /// What was being listed.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn member_ordinal(labels: &BTreeMap<String, String>) -> Option<u32> {
+    labels.get(MEMBER_LABEL).and_then(|v| v.parse().ok())
+}
+
+/// Whether a pod's container is stuck restarting.
+fn is_crash_looping(pod: &Pod) -> bool {
+    let Some(statuses) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+    else {
+        return false;
+    };
+    statuses.iter().any(|c| {
+        let waiting_in_backoff = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            == Some("CrashLoopBackOff");
+        waiting_in_backoff || (c.restart_count >= 3 && !c.ready)
+    })
+}
+
+fn pod_observed(pod: &Pod, node_zones: &BTreeMap<String, String>) -> PodObserved {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let status = pod.status.as_ref();
+    PodObserved {
+        revision: pod
+            .labels()
+            .get(REVISION_LABEL)
+            .cloned()
+            .unwrap_or_default(),
+        zone: node.as_ref().and_then(|n| node_zones.get(n).cloned()),
+        node,
+        ready: status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        crash_looping: is_crash_looping(pod),
+        restarts: status
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum()),
+        ip: status.and_then(|s| s.pod_ip.clone()),
+    }
+}
+
+/// Observe one RaftCluster.
+pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed, ObserveError> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_list =
+        nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| ObserveError::List {
+                what: "nodes",
+                source,
+            })?;
+    let node_zones: BTreeMap<String, String> = node_list
+        .items
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
+        .collect();
+    let zones: Vec<String> = if cluster.spec.zones.is_empty() {
+        node_zones
+            .values()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        let mut zones = cluster.spec.zones.clone();
+        zones.sort();
+        zones
+    };
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod_list = pods
+        .list(&selector)
+        .await
+        .map_err(|source| ObserveError::List {
+            what: "pods",
+            source,
+        })?;
+    let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let volume_list = volumes
+        .list(&selector)
+        .await
+        .map_err(|source| ObserveError::List {
+            what: "persistentvolumeclaims",
+            source,
+        })?;
+
+    let desired = u32::try_from(cluster.spec.replicas).unwrap_or(0);
+    let mut ordinals: BTreeSet<u32> = (0..desired).collect();
+    let pods_by_ordinal: BTreeMap<u32, &Pod> = pod_list
+        .items
+        .iter()
+        .filter_map(|p| Some((member_ordinal(p.labels())?, p)))
+        .collect();
+    let volume_ordinals: BTreeSet<u32> = volume_list
+        .items
+        .iter()
+        .filter_map(|v| member_ordinal(v.labels()))
+        .collect();
+    ordinals.extend(pods_by_ordinal.keys().copied());
+
+    let probes = ordinals.iter().map(|ordinal| {
+        let pod = pods_by_ordinal.get(ordinal).copied();
+        let ip = pod
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.pod_ip.clone());
+        let running = pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+        async move {
+            match (ip, running) {
+                (Some(ip), true) => {
+                    match admin::member_status(&format!("{ip}:{GRPC_PORT}")).await {
+                        Ok(raft) => (Some(raft), None),
+                        Err(err) => (None, Some(err.reason)),
+                    }
+                }
+                (None, true) => (None, Some("pod has no IP yet".to_string())),
+                (_, false) if pod.is_some() => (None, Some("pod is terminating".to_string())),
+                _ => (None, Some("no pod".to_string())),
+            }
+        }
+    });
+    let answers = futures::future::join_all(probes).await;
+
+    let members = ordinals
+        .iter()
+        .zip(answers)
+        .map(|(ordinal, (raft, unreachable_reason))| MemberObserved {
+            ordinal: *ordinal,
+            pod: pods_by_ordinal
+                .get(ordinal)
+                .map(|p| pod_observed(p, &node_zones)),
+            volume_exists: volume_ordinals.contains(ordinal),
+            raft,
+            unreachable_reason,
+        })
+        .collect();
+
+    Ok(Observed {
+        name,
+        namespace,
+        uid: cluster.metadata.uid.clone().unwrap_or_default(),
+        generation: cluster.metadata.generation,
+        spec: cluster.spec.clone(),
+        previous_status: cluster.status.clone().unwrap_or_default(),
+        zones,
+        target_revision: pod_revision(&cluster.spec),
+        members,
+        now_unix: k8s_openapi::jiff::Timestamp::now().as_second(),
+    })
+}

@@ -1,0 +1,460 @@
+//! What the operator saw in one reconcile: the cluster spec, each member's pod and volume, and
+//! each member's own Raft status. Plain data, no I/O: `observe` fills it, `plan` and `status` read it.
+
+use crate::crd::{MemberRole, RaftCluster, RaftClusterSpec, RaftClusterStatus};
+use std::collections::BTreeMap;
+
+/// Raft node id of a member: its ordinal plus one (Raft ids start at 1).
+pub fn raft_id_of(ordinal: u32) -> u64 {
+    u64::from(ordinal) + 1
+}
+
+/// Name of a member pod: `<cluster>-<ordinal>`.
+pub fn member_name(cluster: &str, ordinal: u32) -> String {
+    format!("{cluster}-{ordinal}")
+}
+
+/// Everything one reconcile knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster namespace.
+    pub namespace: String,
+    /// Cluster UID; the Raft cluster id is derived from it, so it never changes for this object.
+    pub uid: String,
+    /// metadata.generation.
+    pub generation: Option<i64>,
+    /// Desired state.
+    pub spec: RaftClusterSpec,
+    /// The status as last written (carries rollout progress across operator restarts).
+    pub previous_status: RaftClusterStatus,
+    /// Zones voters are placed in, sorted: `spec.zones`, or the zones of schedulable nodes.
+    pub zones: Vec<String>,
+    /// Revision (hash) of the member pod template the spec asks for.
+    pub target_revision: String,
+    /// One entry per ordinal that is desired or still exists, sorted by ordinal.
+    pub members: Vec<MemberObserved>,
+    /// Wall-clock seconds since the epoch at observation (for gate timeouts).
+    pub now_unix: i64,
+}
+
+/// One member: its pod, its volume, and what its raftd said.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemberObserved {
+    /// Ordinal (0-based); the pod is `<cluster>-<ordinal>` and the Raft id is ordinal + 1.
+    pub ordinal: u32,
+    /// The member's pod, if it exists.
+    pub pod: Option<PodObserved>,
+    /// Whether the member's PersistentVolumeClaim exists.
+    pub volume_exists: bool,
+    /// The member's raftd admin status; `None` when it could not be reached.
+    pub raft: Option<RaftObserved>,
+    /// Why the admin call failed, when it did.
+    pub unreachable_reason: Option<String>,
+}
+
+/// A member pod as the API server reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodObserved {
+    /// Revision label of the template it was created from.
+    pub revision: String,
+    /// Node it is bound to.
+    pub node: Option<String>,
+    /// Zone label of that node.
+    pub zone: Option<String>,
+    /// Ready condition.
+    pub ready: bool,
+    /// Being deleted.
+    pub terminating: bool,
+    /// The container keeps restarting (waiting in CrashLoopBackOff, or exited repeatedly).
+    pub crash_looping: bool,
+    /// Container restart count.
+    pub restarts: i32,
+    /// Pod IP.
+    pub ip: Option<String>,
+}
+
+/// A member's view of Raft, from its admin API.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RaftObserved {
+    /// Whether the member holds Raft state (has joined or bootstrapped a cluster).
+    pub initialized: bool,
+    /// Cluster id in its durable state.
+    pub cluster_id: Option<String>,
+    /// Cluster epoch in its durable state.
+    pub epoch: u64,
+    /// Its role.
+    pub role: MemberRole,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader_id: Option<u64>,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Index of its last log entry.
+    pub last_log_index: u64,
+    /// Term of its last log entry.
+    pub last_log_term: u64,
+    /// Voter ids of the membership it has applied (the leader's is authoritative).
+    pub voters: Vec<u64>,
+    /// Learner ids of that membership.
+    pub learners: Vec<u64>,
+    /// Whether that membership is a joint configuration (a change is in flight).
+    pub joint: bool,
+    /// On the leader: matched log index per member id.
+    pub matched: BTreeMap<u64, u64>,
+    /// raftd version string.
+    pub version: String,
+    /// Whether the member's leader lease is valid now (leader only).
+    pub lease_valid: bool,
+}
+
+impl Observed {
+    /// The member with this ordinal, if observed.
+    pub fn member(&self, ordinal: u32) -> Option<&MemberObserved> {
+        self.members.iter().find(|m| m.ordinal == ordinal)
+    }
+
+    /// The member that is leader in the highest term any member reports, if any.
+    pub fn leader(&self) -> Option<&MemberObserved> {
+        self.members
+            .iter()
+            .filter(|m| {
+                m.raft
+                    .as_ref()
+                    .is_some_and(|r| r.role == MemberRole::Leader && self.is_this_cluster(r))
+            })
+            .max_by_key(|m| m.raft.as_ref().map(|r| r.term))
+    }
+
+    /// Whether a member's durable state belongs to this cluster (same id, current epoch).
+    pub fn is_this_cluster(&self, raft: &RaftObserved) -> bool {
+        raft.cluster_id.as_deref() == Some(self.uid.as_str())
+            && raft.epoch >= self.previous_status.epoch.max(1)
+    }
+
+    /// Whether any member holds state of this cluster: bootstrap has happened.
+    pub fn bootstrapped(&self) -> bool {
+        self.previous_status.cluster_id.is_some()
+            || self.members.iter().any(|m| {
+                m.raft
+                    .as_ref()
+                    .is_some_and(|r| r.initialized && self.is_this_cluster(r))
+            })
+    }
+
+    /// The Raft membership as the leader sees it, or the most advanced member's view without one.
+    pub fn membership(&self) -> Membership {
+        let source = self.leader().and_then(|m| m.raft.as_ref()).or_else(|| {
+            self.members
+                .iter()
+                .filter_map(|m| m.raft.as_ref())
+                .filter(|r| r.initialized && self.is_this_cluster(r))
+                .max_by_key(|r| (r.last_log_term, r.last_log_index))
+        });
+        match source {
+            Some(r) => Membership {
+                voters: r.voters.clone(),
+                learners: r.learners.clone(),
+                joint: r.joint,
+            },
+            None => Membership::default(),
+        }
+    }
+
+    /// The leader's last log index, the reference for lag.
+    pub fn leader_last_index(&self) -> Option<u64> {
+        self.leader()
+            .and_then(|m| m.raft.as_ref())
+            .map(|r| r.last_log_index)
+    }
+
+    /// Entries a member is behind the leader, as the leader's replication progress says.
+    pub fn lag_of(&self, ordinal: u32) -> Option<u64> {
+        let leader = self.leader()?.raft.as_ref()?;
+        let id = raft_id_of(ordinal);
+        if leader.leader_id == Some(id) || self.leader()?.ordinal == ordinal {
+            return Some(0);
+        }
+        let matched = leader.matched.get(&id)?;
+        Some(leader.last_log_index.saturating_sub(*matched))
+    }
+
+    /// Healthy: pod ready, raftd reachable, of this cluster, and within `max_lag` of the leader.
+    pub fn is_healthy(&self, ordinal: u32) -> bool {
+        self.health_problem(ordinal).is_none()
+    }
+
+    /// Why a member is not healthy, or `None` if it is.
+    pub fn health_problem(&self, ordinal: u32) -> Option<String> {
+        let name = member_name(&self.name, ordinal);
+        let Some(member) = self.member(ordinal) else {
+            return Some(format!("{name} does not exist"));
+        };
+        let Some(pod) = &member.pod else {
+            return Some(format!("{name} has no pod"));
+        };
+        if pod.terminating {
+            return Some(format!("{name} is terminating"));
+        }
+        if pod.crash_looping {
+            return Some(format!(
+                "{name} is crash-looping ({} restarts)",
+                pod.restarts
+            ));
+        }
+        let Some(raft) = &member.raft else {
+            let why = member
+                .unreachable_reason
+                .clone()
+                .unwrap_or_else(|| "no answer".to_string());
+            return Some(format!("{name} is unreachable: {why}"));
+        };
+        if !raft.initialized {
+            return Some(format!("{name} holds no Raft state (empty data directory)"));
+        }
+        if !self.is_this_cluster(raft) {
+            return Some(format!(
+                "{name} belongs to cluster {} epoch {}, not this one",
+                raft.cluster_id.as_deref().unwrap_or("?"),
+                raft.epoch
+            ));
+        }
+        if !pod.ready {
+            return Some(format!("{name} is not ready"));
+        }
+        match self.lag_of(ordinal) {
+            Some(lag) if lag > self.spec.rollout.max_lag_entries => Some(format!(
+                "{name} is {lag} entries behind (max {})",
+                self.spec.rollout.max_lag_entries
+            )),
+            Some(_) => None,
+            None if self.leader().is_none() => Some(format!("{name} sees no leader")),
+            None => Some(format!("{name} has no replication progress at the leader")),
+        }
+    }
+
+    /// Zone a member runs in: from its pod's node, or the planned zone before it is scheduled.
+    pub fn zone_of(&self, ordinal: u32) -> Option<String> {
+        self.member(ordinal)
+            .and_then(|m| m.pod.as_ref())
+            .and_then(|p| p.zone.clone())
+    }
+
+    /// Planned zone for an ordinal: round-robin over the sorted zones, which for the first N
+    /// ordinals gives exactly `quorum::plan_placement(N, zones)`, and keeps doing so as the
+    /// highest ordinals are removed on scale-down.
+    pub fn planned_zone(&self, ordinal: u32) -> Option<&str> {
+        planned_zone(&self.zones, ordinal)
+    }
+}
+
+/// Round-robin zone for an ordinal; see [`Observed::planned_zone`].
+pub fn planned_zone(zones: &[String], ordinal: u32) -> Option<&str> {
+    if zones.is_empty() {
+        return None;
+    }
+    zones
+        .get(ordinal as usize % zones.len())
+        .map(String::as_str)
+}
+
+/// A Raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Membership {
+    /// Voter ids.
+    pub voters: Vec<u64>,
+    /// Learner ids.
+    pub learners: Vec<u64>,
+    /// A joint configuration: a change is in flight.
+    pub joint: bool,
+}
+
+impl Membership {
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.voters.contains(&id)
+    }
+    /// Whether `id` is a learner.
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.learners.contains(&id)
+    }
+}
+
+/// The Raft cluster id for a RaftCluster: its UID, stable for the object's life.
+pub fn cluster_id_of(cluster: &RaftCluster) -> Option<String> {
+    cluster.metadata.uid.clone()
+}
+
+/// Test fixtures: `ObservedBuilder::new(5).zones(3).healthy()` and friends.
+#[cfg(test)]
+pub mod fixtures {
+    use super::*;
+    use crate::crd::RaftClusterSpec;
+
+    /// Builds an [`Observed`] for table tests.
+    pub struct ObservedBuilder {
+        observed: Observed,
+    }
+
+    impl ObservedBuilder {
+        /// A cluster named `demo` wanting `replicas` voters in zones a/b/c, nothing observed yet.
+        pub fn new(replicas: i32) -> Self {
+            let spec: RaftClusterSpec =
+                serde_json::from_value(serde_json::json!({ "replicas": replicas }))
+                    .expect("valid spec");
+            Self {
+                observed: Observed {
+                    name: "demo".into(),
+                    namespace: "ns".into(),
+                    uid: "uid-1".into(),
+                    generation: Some(1),
+                    spec,
+                    previous_status: RaftClusterStatus::default(),
+                    zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+                    target_revision: "rev-2".into(),
+                    members: Vec::new(),
+                    now_unix: 1_000_000,
+                },
+            }
+        }
+
+        /// Use these zones.
+        pub fn zones(mut self, zones: &[&str]) -> Self {
+            self.observed.zones = zones.iter().map(|z| z.to_string()).collect();
+            self
+        }
+
+        /// Members 0..n exist, all on `revision`, healthy, voters, member 0 leading in term 2.
+        pub fn running(mut self, n: u32, revision: &str) -> Self {
+            let voters: Vec<u64> = (0..n).map(raft_id_of).collect();
+            let last = 100_000;
+            self.observed.previous_status.cluster_id = Some("uid-1".into());
+            self.observed.previous_status.epoch = 1;
+            self.observed.members = (0..n)
+                .map(|ordinal| MemberObserved {
+                    ordinal,
+                    pod: Some(PodObserved {
+                        revision: revision.into(),
+                        node: Some(format!("node-{ordinal}")),
+                        zone: planned_zone(&self.observed.zones, ordinal).map(str::to_string),
+                        ready: true,
+                        ip: Some(format!("10.88.0.{}", ordinal + 10)),
+                        ..PodObserved::default()
+                    }),
+                    volume_exists: true,
+                    raft: Some(RaftObserved {
+                        initialized: true,
+                        cluster_id: Some("uid-1".into()),
+                        epoch: 1,
+                        role: if ordinal == 0 {
+                            MemberRole::Leader
+                        } else {
+                            MemberRole::Follower
+                        },
+                        term: 2,
+                        leader_id: Some(1),
+                        commit_index: last,
+                        last_log_index: last,
+                        last_log_term: 2,
+                        voters: voters.clone(),
+                        learners: Vec::new(),
+                        joint: false,
+                        matched: if ordinal == 0 {
+                            voters.iter().map(|id| (*id, last)).collect()
+                        } else {
+                            BTreeMap::new()
+                        },
+                        version: "0.1.0".into(),
+                        lease_valid: ordinal == 0,
+                    }),
+                    unreachable_reason: None,
+                })
+                .collect();
+            self
+        }
+
+        /// Change one member.
+        pub fn member(mut self, ordinal: u32, edit: impl FnOnce(&mut MemberObserved)) -> Self {
+            if let Some(m) = self
+                .observed
+                .members
+                .iter_mut()
+                .find(|m| m.ordinal == ordinal)
+            {
+                edit(m);
+            }
+            self
+        }
+
+        /// Make `ordinal` the leader (and the others followers pointing at it).
+        pub fn leader(mut self, ordinal: u32) -> Self {
+            let matched: BTreeMap<u64, u64> = self
+                .observed
+                .members
+                .iter()
+                .filter_map(|m| {
+                    m.raft
+                        .as_ref()
+                        .map(|r| (raft_id_of(m.ordinal), r.last_log_index))
+                })
+                .collect();
+            for m in &mut self.observed.members {
+                if let Some(r) = &mut m.raft {
+                    r.leader_id = Some(raft_id_of(ordinal));
+                    if m.ordinal == ordinal {
+                        r.role = MemberRole::Leader;
+                        r.matched = matched.clone();
+                    } else if r.role == MemberRole::Leader {
+                        r.role = MemberRole::Follower;
+                        r.matched.clear();
+                    }
+                }
+            }
+            self
+        }
+
+        /// Edit the leader's replication progress for member `ordinal`.
+        pub fn lagging(mut self, ordinal: u32, behind: u64) -> Self {
+            for m in &mut self.observed.members {
+                if let Some(r) = &mut m.raft
+                    && r.role == MemberRole::Leader
+                {
+                    let last = r.last_log_index;
+                    r.matched
+                        .insert(raft_id_of(ordinal), last.saturating_sub(behind));
+                }
+            }
+            self
+        }
+
+        /// Make `ordinal` unreachable.
+        pub fn unreachable(self, ordinal: u32) -> Self {
+            self.member(ordinal, |m| {
+                m.raft = None;
+                m.unreachable_reason = Some("connection refused".into());
+                if let Some(p) = &mut m.pod {
+                    p.ready = false;
+                }
+            })
+        }
+
+        /// Edit the spec.
+        pub fn spec(mut self, edit: impl FnOnce(&mut RaftClusterSpec)) -> Self {
+            edit(&mut self.observed.spec);
+            self
+        }
+
+        /// Edit the previous status.
+        pub fn status(mut self, edit: impl FnOnce(&mut RaftClusterStatus)) -> Self {
+            edit(&mut self.observed.previous_status);
+            self
+        }
+
+        /// Finish.
+        pub fn build(self) -> Observed {
+            self.observed
+        }
+    }
+}

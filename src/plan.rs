@@ -1,0 +1,788 @@
+//! The planner: a pure function from what was observed to the one next action.
+//!
+//! Safety lives here, so it is tested table-driven without a cluster. Every disruptive step
+//! (replacing a pod, removing a voter, moving leadership) passes [`disruption_gate`]: no
+//! membership change in flight, every other voter healthy and caught up, and a quorum plus
+//! voters in two zones left while the member is away. Order of a rollout: members already
+//! down first (replacing them costs nothing), then followers, then the leader after its
+//! leadership has moved to a caught-up follower, preferably in another zone.
+
+use crate::crd::MemberRole;
+use crate::observed::{Observed, member_name, raft_id_of};
+use std::collections::BTreeSet;
+
+/// The one thing the operator does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do; `reason` says what the cluster waits for (empty when it is settled).
+    Wait {
+        /// What the cluster is waiting for.
+        reason: String,
+    },
+    /// Create these members' volumes and pods. Several only at bootstrap, when no member holds
+    /// data yet; otherwise one.
+    CreateMembers {
+        /// Ordinals to create.
+        ordinals: Vec<u32>,
+    },
+    /// Form the cluster: initialize member `ordinal` with these voters, exactly once.
+    InitializeCluster {
+        /// The member that initializes.
+        ordinal: u32,
+        /// Initial voters.
+        voters: Vec<u32>,
+    },
+    /// Add a started member as a non-voting learner.
+    AddLearner {
+        /// Member to add.
+        ordinal: u32,
+    },
+    /// Promote a caught-up learner to voter.
+    PromoteVoter {
+        /// Member to promote.
+        ordinal: u32,
+    },
+    /// Ask the leader to hand leadership to a caught-up follower.
+    TransferLeadership {
+        /// Current leader.
+        from: u32,
+        /// Chosen successor.
+        to: u32,
+    },
+    /// Remove a member from the Raft configuration.
+    RemoveMember {
+        /// Member to remove.
+        ordinal: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Delete a member's pod that is no longer in the configuration (and its volume, by policy).
+    DeleteMember {
+        /// Member to delete.
+        ordinal: u32,
+        /// Delete the volume too.
+        delete_volume: bool,
+    },
+    /// Delete a member's pod so it comes back on the target revision.
+    ReplaceMember {
+        /// Member to replace.
+        ordinal: u32,
+        /// Why now, for the Event.
+        reason: String,
+    },
+    /// A disruptive step is due but not safe; nothing is done until the cause clears.
+    Blocked {
+        /// The exact cause, e.g. `demo-2 is 12034 entries behind (max 1000)`.
+        reason: String,
+    },
+}
+
+impl Action {
+    /// Short label for metrics and Events.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Wait { .. } => "wait",
+            Action::CreateMembers { .. } => "create_members",
+            Action::InitializeCluster { .. } => "initialize_cluster",
+            Action::AddLearner { .. } => "add_learner",
+            Action::PromoteVoter { .. } => "promote_voter",
+            Action::TransferLeadership { .. } => "transfer_leadership",
+            Action::RemoveMember { .. } => "remove_member",
+            Action::DeleteMember { .. } => "delete_member",
+            Action::ReplaceMember { .. } => "replace_member",
+            Action::Blocked { .. } => "blocked",
+        }
+    }
+
+    fn wait(reason: impl Into<String>) -> Self {
+        Action::Wait {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Ordinal of a Raft id (ids are ordinal + 1).
+fn ordinal_of(id: u64) -> Option<u32> {
+    id.checked_sub(1).and_then(|o| u32::try_from(o).ok())
+}
+
+/// Pick the next action. Pure: same input, same answer.
+pub fn plan_next_action(o: &Observed) -> Action {
+    let desired = u32::try_from(o.spec.replicas).unwrap_or(0);
+
+    if !o.bootstrapped() {
+        return plan_bootstrap(o, desired);
+    }
+
+    let membership = o.membership();
+    let voters: BTreeSet<u32> = membership
+        .voters
+        .iter()
+        .filter_map(|id| ordinal_of(*id))
+        .collect();
+    let learners: BTreeSet<u32> = membership
+        .learners
+        .iter()
+        .filter_map(|id| ordinal_of(*id))
+        .collect();
+
+    // A member of the configuration whose pod vanished is down already: recreating it costs
+    // nothing and is how a member with a surviving volume rejoins.
+    if let Some(ordinal) = voters
+        .iter()
+        .chain(learners.iter())
+        .find(|ordinal| o.member(**ordinal).is_none_or(|m| m.pod.is_none()))
+    {
+        return Action::CreateMembers {
+            ordinals: vec![*ordinal],
+        };
+    }
+
+    let Some(leader) = o.leader() else {
+        return Action::wait(no_leader_reason(o, &voters));
+    };
+    let leader_ordinal = leader.ordinal;
+
+    if o.spec.paused {
+        return Action::wait("paused: spec.paused is true, no disruptive step is taken");
+    }
+    if membership.joint {
+        return Action::wait("a membership change is in flight (joint configuration)");
+    }
+
+    // Learners: promote once caught up, or drop when no longer wanted.
+    if let Some(&learner) = learners.iter().next() {
+        if voters.len() as u32 >= desired {
+            return Action::RemoveMember {
+                ordinal: learner,
+                reason: format!(
+                    "{} is a learner but the cluster already has {} voters",
+                    member_name(&o.name, learner),
+                    voters.len()
+                ),
+            };
+        }
+        return match o.health_problem(learner) {
+            None => Action::PromoteVoter { ordinal: learner },
+            Some(problem) => Action::wait(format!("learner catching up: {problem}")),
+        };
+    }
+
+    // A voter whose data directory is gone can never vote safely again: take it out of the
+    // configuration; it comes back learner-first below.
+    if let Some(&wiped) = voters.iter().find(|ordinal| {
+        o.member(**ordinal)
+            .and_then(|m| m.raft.as_ref())
+            .is_some_and(|r| !r.initialized)
+    }) {
+        if wiped == leader_ordinal {
+            return Action::wait("the leader reports no Raft state; waiting for it to step down");
+        }
+        return match disruption_gate(o, &voters, wiped, true) {
+            Ok(()) => Action::RemoveMember {
+                ordinal: wiped,
+                reason: format!(
+                    "{} lost its data directory; it is removed and rebuilt learner-first",
+                    member_name(&o.name, wiped)
+                ),
+            },
+            Err(reason) => Action::Blocked { reason },
+        };
+    }
+
+    // Scale up: one member at a time, learner first.
+    if (voters.len() as u32) < desired {
+        let Some(next) = (0..desired).find(|ordinal| !voters.contains(ordinal)) else {
+            return Action::wait("no free ordinal below replicas");
+        };
+        if let Err(reason) = others_healthy(o, &voters, None) {
+            return Action::Blocked {
+                reason: format!("scale-up to {desired} waits: {reason}"),
+            };
+        }
+        let member = o.member(next);
+        return match member {
+            Some(m) if m.pod.is_none() => Action::CreateMembers {
+                ordinals: vec![next],
+            },
+            None => Action::CreateMembers {
+                ordinals: vec![next],
+            },
+            Some(m) if m.raft.is_some() => Action::AddLearner { ordinal: next },
+            Some(_) => Action::wait(format!(
+                "{} is starting before it joins as a learner",
+                member_name(&o.name, next)
+            )),
+        };
+    }
+
+    // Scale down: remove the highest voter, moving leadership away from it first. Removing the
+    // highest ordinals keeps the round-robin zone plan.
+    if (voters.len() as u32) > desired {
+        let Some(&victim) = voters.iter().next_back() else {
+            return Action::wait("no voter to remove");
+        };
+        if let Err(reason) = others_healthy(o, &voters, Some(victim)) {
+            return Action::Blocked {
+                reason: format!("scale-down to {desired} waits: {reason}"),
+            };
+        }
+        if victim == leader_ordinal {
+            return transfer_away_from(o, &voters, victim);
+        }
+        return Action::RemoveMember {
+            ordinal: victim,
+            reason: format!("scale-down to {desired} voters"),
+        };
+    }
+
+    // Pods of members no longer in the configuration.
+    if let Some(extra) = o
+        .members
+        .iter()
+        .find(|m| m.pod.is_some() && !voters.contains(&m.ordinal) && m.ordinal >= desired)
+    {
+        return Action::DeleteMember {
+            ordinal: extra.ordinal,
+            delete_volume: o.spec.storage.retention.when_scaled
+                == crate::crd::RetentionPolicy::Delete,
+        };
+    }
+
+    plan_rollout(o, &voters, leader_ordinal)
+}
+
+/// Before the cluster exists: create every initial member, then initialize once all answer.
+fn plan_bootstrap(o: &Observed, desired: u32) -> Action {
+    let missing: Vec<u32> = (0..desired)
+        .filter(|ordinal| o.member(*ordinal).is_none_or(|m| m.pod.is_none()))
+        .collect();
+    if !missing.is_empty() {
+        return Action::CreateMembers { ordinals: missing };
+    }
+    let not_answering: Vec<String> = (0..desired)
+        .filter(|ordinal| o.member(*ordinal).is_none_or(|m| m.raft.is_none()))
+        .map(|ordinal| member_name(&o.name, ordinal))
+        .collect();
+    if !not_answering.is_empty() {
+        return Action::wait(format!(
+            "bootstrap waits for every initial member to answer: {} not yet",
+            not_answering.join(", ")
+        ));
+    }
+    // A member holding state of another cluster must not be folded into this one.
+    if let Some(foreign) = o.members.iter().find(|m| {
+        m.raft
+            .as_ref()
+            .is_some_and(|r| r.initialized && !o.is_this_cluster(r))
+    }) {
+        return Action::Blocked {
+            reason: format!(
+                "{} holds state of another cluster; bootstrap refuses to proceed",
+                member_name(&o.name, foreign.ordinal)
+            ),
+        };
+    }
+    Action::InitializeCluster {
+        ordinal: 0,
+        voters: (0..desired).collect(),
+    }
+}
+
+/// Rolling replacement of members whose pod revision differs from the target.
+fn plan_rollout(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Action {
+    let stale: Vec<u32> = voters
+        .iter()
+        .copied()
+        .filter(|ordinal| {
+            o.member(*ordinal)
+                .and_then(|m| m.pod.as_ref())
+                .is_some_and(|p| p.revision != o.target_revision)
+        })
+        .collect();
+    if stale.is_empty() {
+        return Action::wait("");
+    }
+
+    // 1. Members already down: replacing them costs nothing, as long as the rest hold a quorum.
+    if let Some(&down) = stale.iter().find(|ordinal| !o.is_healthy(**ordinal)) {
+        let healthy_others = voters
+            .iter()
+            .filter(|v| **v != down && o.is_healthy(**v))
+            .count() as u32;
+        let need = quorum::majority(voters.len() as u32);
+        if healthy_others < need {
+            return Action::Blocked {
+                reason: format!(
+                    "cannot replace {}: only {healthy_others} other voters are healthy, {need} needed",
+                    member_name(&o.name, down)
+                ),
+            };
+        }
+        let problem = o.health_problem(down).unwrap_or_default();
+        return Action::ReplaceMember {
+            ordinal: down,
+            reason: format!("{problem}; replaced first, it is down already"),
+        };
+    }
+
+    // 2. Followers, lowest ordinal first.
+    if let Some(&follower) = stale.iter().find(|ordinal| **ordinal != leader) {
+        return match disruption_gate(o, voters, follower, false) {
+            Ok(()) => Action::ReplaceMember {
+                ordinal: follower,
+                reason: format!("rolling to revision {}", o.target_revision),
+            },
+            Err(reason) => Action::Blocked { reason },
+        };
+    }
+
+    // 3. The leader, last, after leadership moves away.
+    if let Err(reason) = disruption_gate(o, voters, leader, false) {
+        return Action::Blocked { reason };
+    }
+    transfer_away_from(o, voters, leader)
+}
+
+/// Move leadership from `leader` to the best caught-up follower.
+fn transfer_away_from(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Action {
+    match pick_successor(o, voters, leader) {
+        Some(to) => Action::TransferLeadership { from: leader, to },
+        None => Action::Blocked {
+            reason: format!(
+                "no caught-up follower to take leadership from {}",
+                member_name(&o.name, leader)
+            ),
+        },
+    }
+}
+
+/// The follower to hand leadership to: healthy, on the target revision if possible, in another
+/// zone if possible, most caught up, then lowest ordinal.
+pub fn pick_successor(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Option<u32> {
+    let leader_zone = o.zone_of(leader);
+    voters
+        .iter()
+        .copied()
+        .filter(|v| *v != leader && o.is_healthy(*v))
+        .min_by_key(|v| {
+            let other_zone = o.zone_of(*v) != leader_zone;
+            let updated = o
+                .member(*v)
+                .and_then(|m| m.pod.as_ref())
+                .is_some_and(|p| p.revision == o.target_revision);
+            let lag = o.lag_of(*v).unwrap_or(u64::MAX);
+            (!updated, !other_zone, lag, *v)
+        })
+}
+
+/// Every voter other than `except` is healthy and caught up.
+fn others_healthy(o: &Observed, voters: &BTreeSet<u32>, except: Option<u32>) -> Result<(), String> {
+    for v in voters.iter().filter(|v| Some(**v) != except) {
+        if let Some(problem) = o.health_problem(*v) {
+            return Err(problem);
+        }
+    }
+    Ok(())
+}
+
+/// May `target` go away now? Every other voter healthy and within the lag bound, and the voters
+/// left keep a quorum and span two zones (when the cluster has two zones to span).
+/// `target_already_down`: the member is gone already, so its own health does not matter.
+pub fn disruption_gate(
+    o: &Observed,
+    voters: &BTreeSet<u32>,
+    target: u32,
+    target_already_down: bool,
+) -> Result<(), String> {
+    let target_name = member_name(&o.name, target);
+    others_healthy(o, voters, Some(target))
+        .map_err(|problem| format!("{target_name} must wait: {problem}"))?;
+    if !target_already_down && let Some(problem) = o.health_problem(target) {
+        // Unreachable or lagging members are replaced by the "down first" rule instead.
+        return Err(format!("{target_name} must wait: {problem}"));
+    }
+    let remaining = voters.len() as u32 - 1;
+    let need = quorum::majority(voters.len() as u32);
+    if remaining < need {
+        return Err(format!(
+            "{target_name} must wait: {remaining} voters would remain, {need} needed for quorum"
+        ));
+    }
+    let zones_left: BTreeSet<String> = voters
+        .iter()
+        .filter(|v| **v != target)
+        .filter_map(|v| o.zone_of(*v))
+        .collect();
+    let zones_in_use: BTreeSet<String> = voters.iter().filter_map(|v| o.zone_of(*v)).collect();
+    if zones_in_use.len() >= 2 && zones_left.len() < 2 {
+        return Err(format!(
+            "{target_name} must wait: the voters left would all be in one zone"
+        ));
+    }
+    Ok(())
+}
+
+/// Why there is no leader, naming who is unreachable and how many voters are needed.
+fn no_leader_reason(o: &Observed, voters: &BTreeSet<u32>) -> String {
+    let reachable: Vec<u32> = voters
+        .iter()
+        .copied()
+        .filter(|v| o.member(*v).is_some_and(|m| m.raft.is_some()))
+        .collect();
+    let unreachable: Vec<String> = voters
+        .iter()
+        .filter(|v| !reachable.contains(v))
+        .map(|v| member_name(&o.name, *v))
+        .collect();
+    let need = quorum::majority(voters.len() as u32);
+    if (reachable.len() as u32) < need {
+        format!(
+            "quorum lost: {} of {} voters reachable, {} needed; unreachable: {}. Members whose volumes survive rejoin by themselves",
+            reachable.len(),
+            voters.len(),
+            need,
+            unreachable.join(", ")
+        )
+    } else {
+        format!(
+            "no leader yet: election in progress ({} of {} voters reachable)",
+            reachable.len(),
+            voters.len()
+        )
+    }
+}
+
+/// Whether a role counts as a voter role.
+pub fn is_voter_role(role: MemberRole) -> bool {
+    matches!(
+        role,
+        MemberRole::Leader | MemberRole::Follower | MemberRole::Candidate
+    )
+}
+
+/// Raft id for an ordinal (re-exported for the act step).
+pub fn id_of(ordinal: u32) -> u64 {
+    raft_id_of(ordinal)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::observed::fixtures::ObservedBuilder;
+
+    #[test]
+    fn bootstrap_creates_every_initial_member_at_once() {
+        let o = ObservedBuilder::new(5).build();
+        assert_eq!(
+            plan_next_action(&o),
+            Action::CreateMembers {
+                ordinals: vec![0, 1, 2, 3, 4]
+            }
+        );
+    }
+
+    #[test]
+    fn bootstrap_initializes_once_all_answer_uninitialized() {
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-2")
+            .status(|s| s.cluster_id = None)
+            .member(0, |m| m.raft.as_mut().unwrap().initialized = false)
+            .member(1, |m| m.raft.as_mut().unwrap().initialized = false)
+            .member(2, |m| m.raft.as_mut().unwrap().initialized = false)
+            .member(0, |m| m.raft.as_mut().unwrap().cluster_id = None)
+            .member(1, |m| m.raft.as_mut().unwrap().cluster_id = None)
+            .member(2, |m| m.raft.as_mut().unwrap().cluster_id = None)
+            .build();
+        assert_eq!(
+            plan_next_action(&o),
+            Action::InitializeCluster {
+                ordinal: 0,
+                voters: vec![0, 1, 2]
+            }
+        );
+    }
+
+    #[test]
+    fn bootstrap_waits_for_a_silent_member() {
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-2")
+            .status(|s| s.cluster_id = None)
+            .member(0, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.initialized = false;
+                r.cluster_id = None;
+            })
+            .member(1, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.initialized = false;
+                r.cluster_id = None;
+            })
+            .unreachable(2)
+            .build();
+        match plan_next_action(&o) {
+            Action::Wait { reason } => assert!(reason.contains("demo-2"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bootstrapped_cluster_never_initializes_again() {
+        // Member 0 lost its data directory: still no InitializeCluster, it is a wiped voter.
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-2")
+            .leader(1)
+            .member(0, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.initialized = false;
+                r.cluster_id = None;
+            })
+            .build();
+        // The leader (member 1) still lists member 0 as a voter.
+        assert_eq!(
+            plan_next_action(&o),
+            Action::RemoveMember {
+                ordinal: 0,
+                reason: "demo-0 lost its data directory; it is removed and rebuilt learner-first"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn settled_cluster_waits_with_no_reason() {
+        let o = ObservedBuilder::new(5).running(5, "rev-2").build();
+        assert_eq!(plan_next_action(&o), Action::wait(""));
+    }
+
+    #[test]
+    fn rollout_replaces_followers_lowest_first_then_moves_leadership() {
+        let o = ObservedBuilder::new(5).running(5, "rev-1").build();
+        assert!(matches!(
+            plan_next_action(&o),
+            Action::ReplaceMember { ordinal: 1, .. }
+        ));
+        // Followers done: the leader (0) hands over to an updated follower in another zone.
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .member(0, |m| m.pod.as_mut().unwrap().revision = "rev-1".into())
+            .build();
+        // 0 is in zone-a, 3 is zone-a too; 1 (zone-b) is the first in another zone.
+        assert_eq!(
+            plan_next_action(&o),
+            Action::TransferLeadership { from: 0, to: 1 }
+        );
+        // After the transfer the old leader is a follower and gets replaced.
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .leader(1)
+            .member(0, |m| m.pod.as_mut().unwrap().revision = "rev-1".into())
+            .build();
+        assert!(matches!(
+            plan_next_action(&o),
+            Action::ReplaceMember { ordinal: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn crash_looping_member_is_replaced_first_even_though_rollout_would_wait() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-1")
+            .member(3, |m| {
+                let p = m.pod.as_mut().unwrap();
+                p.crash_looping = true;
+                p.restarts = 7;
+                m.raft = None;
+            })
+            .build();
+        match plan_next_action(&o) {
+            Action::ReplaceMember { ordinal, reason } => {
+                assert_eq!(ordinal, 3);
+                assert!(reason.contains("crash-looping"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lagging_follower_blocks_the_rollout_with_the_exact_reason() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .member(4, |m| m.pod.as_mut().unwrap().revision = "rev-1".into())
+            .member(3, |m| m.pod.as_mut().unwrap().revision = "rev-2".into())
+            .lagging(2, 12034)
+            .build();
+        // Member 2 is on the target revision but lagging: it is not "stale and down", so the
+        // rollout of member 4 must wait for it.
+        assert_eq!(
+            plan_next_action(&o),
+            Action::Blocked {
+                reason: "demo-4 must wait: demo-2 is 12034 entries behind (max 1000)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_down_follower_blocks_replacing_a_healthy_one() {
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-1")
+            .member(2, |m| m.pod.as_mut().unwrap().revision = "rev-2".into())
+            .unreachable(2)
+            .build();
+        // 1 is stale and healthy, 2 is updated but down: replacing 1 would leave 1 of 3.
+        match plan_next_action(&o) {
+            Action::Blocked { reason } => {
+                assert!(
+                    reason.starts_with("demo-1 must wait: demo-2 is unreachable"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn paused_cluster_takes_no_disruptive_step() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-1")
+            .spec(|s| s.paused = true)
+            .build();
+        assert!(
+            matches!(plan_next_action(&o), Action::Wait { reason } if reason.starts_with("paused"))
+        );
+    }
+
+    #[test]
+    fn missing_pod_of_a_voter_is_recreated_even_without_quorum() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .member(2, |m| {
+                m.pod = None;
+                m.raft = None;
+            })
+            .build();
+        assert_eq!(
+            plan_next_action(&o),
+            Action::CreateMembers { ordinals: vec![2] }
+        );
+    }
+
+    #[test]
+    fn quorum_loss_waits_and_names_the_unreachable() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .unreachable(0)
+            .unreachable(1)
+            .unreachable(2)
+            .member(3, |m| m.raft.as_mut().unwrap().role = MemberRole::Candidate)
+            .build();
+        match plan_next_action(&o) {
+            Action::Wait { reason } => {
+                assert!(
+                    reason.starts_with("quorum lost: 2 of 5 voters reachable, 3 needed"),
+                    "{reason}"
+                );
+                assert!(reason.contains("demo-0, demo-1, demo-2"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scale_up_goes_learner_first_one_member_at_a_time() {
+        // 3 -> 5: member 3 has no pod yet.
+        let o = ObservedBuilder::new(5).running(3, "rev-2").build();
+        assert_eq!(
+            plan_next_action(&o),
+            Action::CreateMembers { ordinals: vec![3] }
+        );
+        // Its pod answers (uninitialized): add as learner.
+        let mut o = ObservedBuilder::new(5).running(4, "rev-2").build();
+        for m in &mut o.members {
+            if let Some(r) = &mut m.raft {
+                r.voters = vec![1, 2, 3];
+                r.matched.remove(&4);
+            }
+        }
+        o.members[3].raft.as_mut().unwrap().initialized = false;
+        assert_eq!(plan_next_action(&o), Action::AddLearner { ordinal: 3 });
+        // Learner caught up: promote.
+        for m in &mut o.members {
+            if let Some(r) = &mut m.raft {
+                r.learners = vec![4];
+                r.initialized = true;
+                if r.role == MemberRole::Leader {
+                    r.matched.insert(4, r.last_log_index);
+                }
+            }
+        }
+        o.members[3].raft.as_mut().unwrap().role = MemberRole::Learner;
+        assert_eq!(plan_next_action(&o), Action::PromoteVoter { ordinal: 3 });
+        // Learner far behind: wait.
+        let leader = o.members.iter_mut().find(|m| m.ordinal == 0).unwrap();
+        leader.raft.as_mut().unwrap().matched.insert(4, 0);
+        assert!(
+            matches!(plan_next_action(&o), Action::Wait { reason } if reason.contains("learner catching up"))
+        );
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_voter_and_moves_leadership_first() {
+        let o = ObservedBuilder::new(3).running(5, "rev-2").build();
+        assert!(matches!(
+            plan_next_action(&o),
+            Action::RemoveMember { ordinal: 4, .. }
+        ));
+        let o = ObservedBuilder::new(3)
+            .running(5, "rev-2")
+            .leader(4)
+            .build();
+        assert!(matches!(
+            plan_next_action(&o),
+            Action::TransferLeadership { from: 4, .. }
+        ));
+        // Once out of the configuration, its pod is deleted, volume per policy (Delete).
+        let mut o = ObservedBuilder::new(3).running(5, "rev-2").build();
+        for m in &mut o.members {
+            if let Some(r) = &mut m.raft {
+                r.voters = vec![1, 2, 3];
+            }
+        }
+        assert_eq!(
+            plan_next_action(&o),
+            Action::DeleteMember {
+                ordinal: 3,
+                delete_volume: true
+            }
+        );
+    }
+
+    #[test]
+    fn gate_refuses_to_leave_voters_in_a_single_zone() {
+        // 3 voters, two in zone-a, one in zone-b: removing the zone-b one leaves one zone.
+        let o = ObservedBuilder::new(3)
+            .zones(&["zone-a", "zone-b"])
+            .running(3, "rev-2")
+            .member(1, |m| m.pod.as_mut().unwrap().zone = Some("zone-b".into()))
+            .member(2, |m| m.pod.as_mut().unwrap().zone = Some("zone-a".into()))
+            .build();
+        let voters: BTreeSet<u32> = [0, 1, 2].into();
+        let err = disruption_gate(&o, &voters, 1, false).unwrap_err();
+        assert!(err.contains("all be in one zone"), "{err}");
+        assert!(disruption_gate(&o, &voters, 2, false).is_ok());
+    }
+
+    #[test]
+    fn successor_prefers_another_zone() {
+        let o = ObservedBuilder::new(5).running(5, "rev-2").build();
+        let voters: BTreeSet<u32> = (0..5).collect();
+        // Leader 0 in zone-a; 3 is zone-a too, 1 is zone-b.
+        assert_eq!(pick_successor(&o, &voters, 0), Some(1));
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .lagging(1, 50)
+            .build();
+        assert_eq!(pick_successor(&o, &voters, 0), Some(2));
+    }
+}

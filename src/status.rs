@@ -1,0 +1,640 @@
+//! The status the operator writes: computed, purely, from what was observed and the action
+//! planned. Fault tolerance comes from where healthy voters actually run, not from the plan.
+
+use crate::crd::{MemberRole, MemberStatus, RaftClusterStatus, RolloutStatus, ZoneVoters};
+use crate::observed::{Observed, member_name, raft_id_of};
+use crate::plan::Action;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Condition types the operator maintains.
+pub mod condition {
+    /// A leader exists and a quorum of voters is healthy: clients are served.
+    pub const AVAILABLE: &str = "Available";
+    /// The operator is changing something (bootstrap, rollout, scaling, recovery).
+    pub const PROGRESSING: &str = "Progressing";
+    /// At least one member is not healthy.
+    pub const DEGRADED: &str = "Degraded";
+    /// A majority of voters is unreachable: the cluster cannot commit.
+    pub const QUORUM_LOST: &str = "QuorumLost";
+    /// The loss of any one zone leaves a quorum.
+    pub const ZONE_FAULT_TOLERANT: &str = "ZoneFaultTolerant";
+    /// A disruptive step has been refused for longer than `rollout.gateTimeoutSeconds`.
+    pub const ROLLOUT_BLOCKED: &str = "RolloutBlocked";
+}
+
+/// Compute the status to write. `blocked_since` of the previous status carries how long the
+/// gate has been closed across operator restarts.
+pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
+    let membership = o.membership();
+    let leader = o.leader();
+    let voter_ordinals: Vec<u32> = if membership.voters.is_empty() {
+        (0..u32::try_from(o.spec.replicas).unwrap_or(0)).collect()
+    } else {
+        membership
+            .voters
+            .iter()
+            .filter_map(|id| id.checked_sub(1).and_then(|o| u32::try_from(o).ok()))
+            .collect()
+    };
+    let voters = voter_ordinals.len() as u32;
+    let healthy_voters: Vec<u32> = voter_ordinals
+        .iter()
+        .copied()
+        .filter(|v| o.is_healthy(*v))
+        .collect();
+    let reachable_voters = voter_ordinals
+        .iter()
+        .filter(|v| o.member(**v).is_some_and(|m| m.raft.is_some()))
+        .count() as u32;
+
+    let mut per_zone: BTreeMap<String, u32> = o.zones.iter().map(|z| (z.clone(), 0)).collect();
+    for v in &healthy_voters {
+        let zone = o.zone_of(*v).unwrap_or_else(|| "unknown".to_string());
+        *per_zone.entry(zone).or_default() += 1;
+    }
+    let counts: Vec<u32> = per_zone.values().copied().collect();
+    let node_ft = quorum::node_failures_tolerated(healthy_voters.len() as u32, voters);
+    let zone_ft = if leader.is_some() {
+        quorum::zone_failures_tolerated(&counts, voters)
+    } else {
+        0
+    };
+
+    let members: Vec<MemberStatus> = o
+        .members
+        .iter()
+        .map(|m| {
+            let id = raft_id_of(m.ordinal);
+            let role = m.raft.as_ref().map_or(MemberRole::Unknown, |r| {
+                if membership.is_learner(id) || r.role == MemberRole::Learner {
+                    MemberRole::Learner
+                } else {
+                    r.role
+                }
+            });
+            let match_index = leader
+                .and_then(|l| l.raft.as_ref())
+                .and_then(|r| r.matched.get(&id).copied());
+            MemberStatus {
+                name: member_name(&o.name, m.ordinal),
+                raft_id: id,
+                zone: o.zone_of(m.ordinal),
+                role,
+                match_index,
+                lag: o.lag_of(m.ordinal),
+                healthy: o.is_healthy(m.ordinal),
+                version: m.raft.as_ref().map(|r| r.version.clone()),
+                message: o.health_problem(m.ordinal),
+            }
+        })
+        .collect();
+
+    let bootstrapped = o.bootstrapped() || matches!(action, Action::InitializeCluster { .. });
+    let quorum_lost =
+        bootstrapped && leader.is_none() && reachable_voters < quorum::majority(voters);
+
+    let rollout = rollout_status(o, action, &voter_ordinals);
+    let conditions = conditions(
+        o,
+        action,
+        ConditionInputs {
+            leader_known: leader.is_some(),
+            healthy: healthy_voters.len() as u32,
+            reachable: reachable_voters,
+            voters,
+            zone_ft,
+            zones_used: per_zone.values().filter(|n| **n > 0).count(),
+            quorum_lost,
+            bootstrapped,
+        },
+    );
+
+    RaftClusterStatus {
+        observed_generation: o.generation,
+        replicas: voters as i32,
+        ready_replicas: healthy_voters.len() as i32,
+        selector: Some(format!("raft-operator.dev/cluster={}", o.name)),
+        cluster_id: if bootstrapped {
+            Some(o.uid.clone())
+        } else {
+            None
+        },
+        epoch: o
+            .members
+            .iter()
+            .filter_map(|m| m.raft.as_ref())
+            .filter(|r| r.cluster_id.as_deref() == Some(o.uid.as_str()))
+            .map(|r| r.epoch)
+            .chain([o.previous_status.epoch, u64::from(bootstrapped)])
+            .max()
+            .unwrap_or(0),
+        leader: leader.map(|l| member_name(&o.name, l.ordinal)),
+        term: o
+            .members
+            .iter()
+            .filter_map(|m| m.raft.as_ref().map(|r| r.term))
+            .max()
+            .unwrap_or(o.previous_status.term),
+        commit_index: leader
+            .and_then(|l| l.raft.as_ref())
+            .map_or(o.previous_status.commit_index, |r| r.commit_index),
+        quorum_size: quorum::majority(voters),
+        healthy_voters: healthy_voters.len() as u32,
+        node_fault_tolerance: node_ft as i32,
+        zone_fault_tolerance: zone_ft as i32,
+        placement: per_zone
+            .into_iter()
+            .map(|(zone, voters)| ZoneVoters { zone, voters })
+            .collect(),
+        members,
+        rollout,
+        conditions,
+    }
+}
+
+fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<RolloutStatus> {
+    let updated: Vec<String> = voters
+        .iter()
+        .filter(|v| {
+            o.member(**v)
+                .and_then(|m| m.pod.as_ref())
+                .is_some_and(|p| p.revision == o.target_revision)
+        })
+        .map(|v| member_name(&o.name, *v))
+        .collect();
+    let revisions: BTreeSet<&str> = o
+        .members
+        .iter()
+        .filter_map(|m| m.pod.as_ref())
+        .map(|p| p.revision.as_str())
+        .filter(|r| *r != o.target_revision)
+        .collect();
+    let in_flight = match action {
+        Action::ReplaceMember { ordinal, .. }
+        | Action::AddLearner { ordinal }
+        | Action::PromoteVoter { ordinal }
+        | Action::RemoveMember { ordinal, .. }
+        | Action::DeleteMember { ordinal, .. } => Some(member_name(&o.name, *ordinal)),
+        Action::TransferLeadership { from, .. } => Some(member_name(&o.name, *from)),
+        _ => None,
+    };
+    let blocked_since = match action {
+        Action::Blocked { .. } => Some(
+            o.previous_status
+                .rollout
+                .as_ref()
+                .and_then(|r| r.blocked_since)
+                .unwrap_or(o.now_unix),
+        ),
+        _ => None,
+    };
+    Some(RolloutStatus {
+        current_revision: revisions.iter().next().map(|r| r.to_string()),
+        target_revision: Some(o.target_revision.clone()),
+        updated_members: updated,
+        member_in_flight: in_flight,
+        blocked_since,
+    })
+}
+
+struct ConditionInputs {
+    leader_known: bool,
+    healthy: u32,
+    reachable: u32,
+    voters: u32,
+    zone_ft: u32,
+    zones_used: usize,
+    quorum_lost: bool,
+    bootstrapped: bool,
+}
+
+fn conditions(o: &Observed, action: &Action, i: ConditionInputs) -> Vec<Condition> {
+    let need = quorum::majority(i.voters);
+    let available = i.leader_known && i.healthy >= need;
+    let mut out = Vec::new();
+    out.push(if available {
+        cond(
+            o,
+            condition::AVAILABLE,
+            true,
+            "QuorumHealthy",
+            format!(
+                "leader elected; {} of {} voters healthy, {need} needed",
+                i.healthy, i.voters
+            ),
+        )
+    } else if !i.bootstrapped {
+        cond(
+            o,
+            condition::AVAILABLE,
+            false,
+            "Bootstrapping",
+            "the cluster has not formed yet".to_string(),
+        )
+    } else {
+        cond(
+            o,
+            condition::AVAILABLE,
+            false,
+            "NoQuorum",
+            format!(
+                "{} of {} voters healthy, {need} needed{}",
+                i.healthy,
+                i.voters,
+                if i.leader_known { "" } else { "; no leader" }
+            ),
+        )
+    });
+
+    let (progressing, reason, message) = match action {
+        Action::Wait { reason } if reason.is_empty() => {
+            (false, "Settled", "nothing to do".to_string())
+        }
+        Action::Wait { reason } => (true, "Waiting", reason.clone()),
+        Action::Blocked { reason } => (true, "Blocked", reason.clone()),
+        other => (true, action_reason(other), describe(o, other)),
+    };
+    out.push(cond(
+        o,
+        condition::PROGRESSING,
+        progressing,
+        reason,
+        message,
+    ));
+
+    let unhealthy: Vec<String> = o
+        .members
+        .iter()
+        .filter_map(|m| o.health_problem(m.ordinal))
+        .collect();
+    out.push(if unhealthy.is_empty() {
+        cond(
+            o,
+            condition::DEGRADED,
+            false,
+            "AllMembersHealthy",
+            "every member is healthy and caught up".into(),
+        )
+    } else {
+        cond(
+            o,
+            condition::DEGRADED,
+            true,
+            "MembersUnhealthy",
+            unhealthy.join("; "),
+        )
+    });
+
+    out.push(if i.quorum_lost {
+        let unreachable: Vec<String> = o
+            .members
+            .iter()
+            .filter(|m| m.raft.is_none())
+            .map(|m| member_name(&o.name, m.ordinal))
+            .collect();
+        cond(
+            o,
+            condition::QUORUM_LOST,
+            true,
+            "MajorityUnreachable",
+            format!(
+                "{} of {} voters reachable, {need} needed; unreachable: {}",
+                i.reachable,
+                i.voters,
+                unreachable.join(", ")
+            ),
+        )
+    } else {
+        cond(
+            o,
+            condition::QUORUM_LOST,
+            false,
+            "QuorumPresent",
+            if i.bootstrapped {
+                "a majority of voters is reachable".to_string()
+            } else {
+                "not bootstrapped yet".to_string()
+            },
+        )
+    });
+
+    let zones = o.zones.len();
+    out.push(if zones < 3 {
+        cond(
+            o,
+            condition::ZONE_FAULT_TOLERANT,
+            false,
+            "FewerThanThreeZones",
+            format!("{zones} zone(s) available; surviving a zone loss needs at least 3"),
+        )
+    } else if i.zone_ft >= 1 {
+        cond(
+            o,
+            condition::ZONE_FAULT_TOLERANT,
+            true,
+            "SurvivesZoneLoss",
+            format!(
+                "the loss of any {} zone(s) leaves a quorum; healthy voters span {} zones",
+                i.zone_ft, i.zones_used
+            ),
+        )
+    } else {
+        cond(
+            o,
+            condition::ZONE_FAULT_TOLERANT,
+            false,
+            "ZoneHoldsQuorum",
+            format!("losing the fullest zone would leave fewer than {need} healthy voters"),
+        )
+    });
+
+    let blocked_for = match action {
+        Action::Blocked { .. } => o
+            .previous_status
+            .rollout
+            .as_ref()
+            .and_then(|r| r.blocked_since)
+            .map(|since| o.now_unix - since),
+        _ => None,
+    };
+    out.push(match (action, blocked_for) {
+        (Action::Blocked { reason }, Some(secs))
+            if secs >= i64::from(o.spec.rollout.gate_timeout_seconds) =>
+        {
+            cond(
+                o,
+                condition::ROLLOUT_BLOCKED,
+                true,
+                "GateClosed",
+                reason.clone(),
+            )
+        }
+        _ => cond(
+            o,
+            condition::ROLLOUT_BLOCKED,
+            false,
+            "GateOpen",
+            "no step is being held back past the gate timeout".into(),
+        ),
+    });
+    out
+}
+
+fn action_reason(action: &Action) -> &'static str {
+    match action {
+        Action::CreateMembers { .. } => "CreatingMembers",
+        Action::InitializeCluster { .. } => "Bootstrapping",
+        Action::AddLearner { .. } => "AddingLearner",
+        Action::PromoteVoter { .. } => "PromotingVoter",
+        Action::TransferLeadership { .. } => "TransferringLeadership",
+        Action::RemoveMember { .. } => "RemovingMember",
+        Action::DeleteMember { .. } => "DeletingMember",
+        Action::ReplaceMember { .. } => "ReplacingMember",
+        Action::Wait { .. } => "Waiting",
+        Action::Blocked { .. } => "Blocked",
+    }
+}
+
+/// One sentence describing an action, for conditions and Events.
+pub fn describe(o: &Observed, action: &Action) -> String {
+    let name = |ordinal: &u32| member_name(&o.name, *ordinal);
+    match action {
+        Action::Wait { reason } => reason.clone(),
+        Action::Blocked { reason } => format!("blocked: {reason}"),
+        Action::CreateMembers { ordinals } => format!(
+            "creating {}",
+            ordinals.iter().map(name).collect::<Vec<_>>().join(", ")
+        ),
+        Action::InitializeCluster { ordinal, voters } => format!(
+            "initializing the cluster on {} with {} voters",
+            name(ordinal),
+            voters.len()
+        ),
+        Action::AddLearner { ordinal } => format!("adding {} as a learner", name(ordinal)),
+        Action::PromoteVoter { ordinal } => format!("promoting {} to voter", name(ordinal)),
+        Action::TransferLeadership { from, to } => {
+            format!("moving leadership from {} to {}", name(from), name(to))
+        }
+        Action::RemoveMember { ordinal, reason } => {
+            format!(
+                "removing {} from the configuration: {reason}",
+                name(ordinal)
+            )
+        }
+        Action::DeleteMember {
+            ordinal,
+            delete_volume,
+        } => format!(
+            "deleting {} ({} its volume)",
+            name(ordinal),
+            if *delete_volume { "with" } else { "keeping" }
+        ),
+        Action::ReplaceMember { ordinal, reason } => {
+            format!("replacing {}: {reason}", name(ordinal))
+        }
+    }
+}
+
+/// A condition whose lastTransitionTime moves only when its status changes.
+fn cond(o: &Observed, type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    let status_str = if status { "True" } else { "False" };
+    let previous = o
+        .previous_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == status_str => p.last_transition_time.clone(),
+        _ => Time(
+            k8s_openapi::jiff::Timestamp::from_second(o.now_unix)
+                .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        ),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status: status_str.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: o.generation,
+        last_transition_time,
+    }
+}
+
+/// Condition types whose status differs between two statuses, with the new condition: the
+/// transitions that get an Event.
+pub fn condition_transitions<'a>(
+    before: &RaftClusterStatus,
+    after: &'a RaftClusterStatus,
+) -> Vec<&'a Condition> {
+    after
+        .conditions
+        .iter()
+        .filter(|c| {
+            before
+                .conditions
+                .iter()
+                .find(|b| b.type_ == c.type_)
+                .is_none_or(|b| b.status != c.status)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::observed::fixtures::ObservedBuilder;
+    use crate::plan::plan_next_action;
+
+    fn status_of(o: &Observed) -> RaftClusterStatus {
+        compute_status(o, &plan_next_action(o))
+    }
+
+    fn condition<'a>(s: &'a RaftClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn five_voters_over_three_zones() {
+        let s = status_of(&ObservedBuilder::new(5).running(5, "rev-2").build());
+        assert_eq!(s.leader.as_deref(), Some("demo-0"));
+        assert_eq!(s.quorum_size, 3);
+        assert_eq!(s.healthy_voters, 5);
+        assert_eq!(s.ready_replicas, 5);
+        assert_eq!(s.node_fault_tolerance, 2);
+        assert_eq!(s.zone_fault_tolerance, 1);
+        let mut placement: Vec<u32> = s.placement.iter().map(|z| z.voters).collect();
+        placement.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(placement, vec![2, 2, 1]);
+        assert_eq!(condition(&s, "Available").status, "True");
+        assert_eq!(condition(&s, "ZoneFaultTolerant").status, "True");
+        assert_eq!(condition(&s, "Degraded").status, "False");
+        assert_eq!(condition(&s, "QuorumLost").status, "False");
+        assert_eq!(condition(&s, "Progressing").status, "False");
+        assert_eq!(s.cluster_id.as_deref(), Some("uid-1"));
+        assert_eq!(s.members.len(), 5);
+        assert_eq!(s.members[0].role, MemberRole::Leader);
+        assert_eq!(s.members[1].lag, Some(0));
+    }
+
+    #[test]
+    fn fault_tolerance_follows_actual_placement_not_the_plan() {
+        // All five pods landed in zone-a: no zone loss is survivable.
+        let mut b = ObservedBuilder::new(5).running(5, "rev-2");
+        for ordinal in 0..5 {
+            b = b.member(ordinal, |m| {
+                m.pod.as_mut().unwrap().zone = Some("zone-a".into())
+            });
+        }
+        let s = status_of(&b.build());
+        assert_eq!(s.zone_fault_tolerance, 0);
+        let zft = condition(&s, "ZoneFaultTolerant");
+        assert_eq!(zft.status, "False");
+        assert_eq!(zft.reason, "ZoneHoldsQuorum");
+    }
+
+    #[test]
+    fn fewer_than_three_zones_is_not_zone_fault_tolerant() {
+        let s = status_of(
+            &ObservedBuilder::new(3)
+                .zones(&["zone-a", "zone-b"])
+                .running(3, "rev-2")
+                .build(),
+        );
+        let zft = condition(&s, "ZoneFaultTolerant");
+        assert_eq!(zft.status, "False");
+        assert_eq!(zft.reason, "FewerThanThreeZones");
+    }
+
+    #[test]
+    fn quorum_loss_is_reported_with_names() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .unreachable(0)
+            .unreachable(1)
+            .unreachable(2)
+            .member(3, |m| m.raft.as_mut().unwrap().role = MemberRole::Candidate)
+            .member(4, |m| m.raft.as_mut().unwrap().role = MemberRole::Candidate)
+            .build();
+        let s = status_of(&o);
+        let lost = condition(&s, "QuorumLost");
+        assert_eq!(lost.status, "True");
+        assert_eq!(
+            lost.message,
+            "2 of 5 voters reachable, 3 needed; unreachable: demo-0, demo-1, demo-2"
+        );
+        assert_eq!(condition(&s, "Available").status, "False");
+        assert_eq!(s.node_fault_tolerance, 0);
+        assert_eq!(s.zone_fault_tolerance, 0);
+        assert!(s.leader.is_none());
+    }
+
+    #[test]
+    fn one_follower_down_lowers_tolerance_and_degrades() {
+        let s = status_of(
+            &ObservedBuilder::new(5)
+                .running(5, "rev-2")
+                .unreachable(4)
+                .build(),
+        );
+        assert_eq!(s.healthy_voters, 4);
+        assert_eq!(s.node_fault_tolerance, 1);
+        // Healthy 2/1/1 (zone-b lost member 4): losing zone-a leaves 2 < 3.
+        assert_eq!(s.zone_fault_tolerance, 0);
+        assert_eq!(condition(&s, "Degraded").status, "True");
+        assert!(
+            condition(&s, "Degraded")
+                .message
+                .contains("demo-4 is unreachable")
+        );
+    }
+
+    #[test]
+    fn rollout_blocked_only_after_the_gate_timeout() {
+        let base = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .member(4, |m| m.pod.as_mut().unwrap().revision = "rev-1".into())
+            .lagging(2, 5000);
+        let first = status_of(&base.build());
+        // First sighting: blocked_since recorded, condition still False.
+        assert_eq!(
+            first.rollout.as_ref().unwrap().blocked_since,
+            Some(1_000_000)
+        );
+        assert_eq!(condition(&first, "RolloutBlocked").status, "False");
+        let later = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .member(4, |m| m.pod.as_mut().unwrap().revision = "rev-1".into())
+            .lagging(2, 5000)
+            .status(|s| s.rollout = first.rollout.clone())
+            .build();
+        let mut later = later;
+        later.now_unix += 121;
+        let s = status_of(&later);
+        let blocked = condition(&s, "RolloutBlocked");
+        assert_eq!(blocked.status, "True");
+        assert_eq!(
+            blocked.message,
+            "demo-4 must wait: demo-2 is 5000 entries behind (max 1000)"
+        );
+        assert_eq!(s.rollout.as_ref().unwrap().updated_members.len(), 4);
+    }
+
+    #[test]
+    fn transitions_are_the_conditions_that_changed() {
+        let healthy = status_of(&ObservedBuilder::new(3).running(3, "rev-2").build());
+        let degraded = status_of(
+            &ObservedBuilder::new(3)
+                .running(3, "rev-2")
+                .unreachable(2)
+                .build(),
+        );
+        let changed: Vec<&str> = condition_transitions(&healthy, &degraded)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert!(changed.contains(&"Degraded"), "{changed:?}");
+        assert!(!changed.contains(&"QuorumLost"), "{changed:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Helpers shared by the end-to-end tests: a client for the sandbox, fresh namespaces, polling.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Kubeconfig the sandbox writes.
+pub const SANDBOX_KUBECONFIG: &str = "/var/lib/raft-sandbox/kubeconfig";
+
+/// A client for the sandbox; fails the test with instructions when there is none.
+pub async fn client() -> Client {
+    let client = Client::try_default().await.expect(
+        "no Kubernetes client: the sandbox must be up (`make sandbox-up`, KUBECONFIG=/var/lib/raft-sandbox/kubeconfig)",
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("the sandbox API server does not answer: run `make sandbox-up` first");
+    client
+}
+
+/// A fresh namespace, deleted when the test ends.
+pub struct TestNamespace {
+    client: Client,
+    /// Namespace name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Create `e2e-<prefix>-<suffix>` and wait for its default service account.
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000;
+        let name = format!("e2e-{prefix}-{suffix}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating test namespace");
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_until(
+            Duration::from_secs(30),
+            "default service account",
+            || async { sas.get_opt("default").await.ok().flatten().is_some() },
+        )
+        .await;
+        Self {
+            client: client.clone(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        // Best effort: the namespace lifecycle controller and GC remove its contents.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let namespaces: Api<Namespace> = Api::all(client);
+                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Poll `check` every 500 ms until it holds; fail the test after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Poll until `check` yields a value; fail the test after `timeout`.
+pub async fn poll_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether a pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A pod's IP.
+pub fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod has an IP")
+}
+
+/// Node name -> zone label.
+pub async fn node_zones(client: &Client) -> BTreeMap<String, String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes")
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            let zone = n.labels().get("topology.kubernetes.io/zone")?.clone();
+            Some((n.name_any(), zone))
+        })
+        .collect()
+}

@@ -1,0 +1,377 @@
+//! End-to-end tests of the operator core (issue 6) in the sandbox: a real API server, real
+//! scheduler and controllers, raftd members running as processes across three zones. Each test
+//! runs its own operator process watching only its own fresh namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestNamespace, client, node_zones, poll_for, wait_until};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use raft_operator::crd::{MemberRole, RaftCluster};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Install (or update) the CRD and wait until the API server serves it.
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "raftclusters.raft-operator.dev",
+        &PatchParams::apply("operator-e2e").force(),
+        &Patch::Apply(RaftCluster::crd()),
+    )
+    .await
+    .expect("apply the RaftCluster CRD");
+    wait_until(Duration::from_secs(30), "CRD established", || async {
+        crds.get("raftclusters.raft-operator.dev")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    })
+    .await;
+}
+
+/// An operator process watching one namespace; killed when dropped.
+struct Operator {
+    child: Child,
+}
+
+impl Operator {
+    fn start(namespace: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log_path = log_dir.join(format!("{namespace}-operator.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("operator log");
+        eprintln!("operator for {namespace} logs to {}", log_path.display());
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-operator"))
+            .args([
+                "--watch-namespaces",
+                namespace,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "text",
+            ])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start raft-operator");
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn create_cluster(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> RaftCluster {
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
+    let cluster: RaftCluster = serde_json::from_value(json!({
+        "apiVersion": "raft-operator.dev/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .expect("create RaftCluster")
+}
+
+/// Wait until the cluster reports Available with every voter healthy; returns it.
+async fn wait_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    voters: u32,
+    timeout: Duration,
+) -> RaftCluster {
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
+    poll_for(
+        timeout,
+        &format!("{name} Available with {voters} healthy voters"),
+        || async {
+            let c = api.get(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            let available = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            (available && s.healthy_voters == voters && s.leader.is_some()).then_some(c)
+        },
+    )
+    .await
+}
+
+fn sorted_placement(cluster: &RaftCluster) -> Vec<u32> {
+    let mut placement: Vec<u32> = cluster
+        .status
+        .as_ref()
+        .map(|s| s.placement.iter().map(|z| z.voters).collect())
+        .unwrap_or_default();
+    placement.sort_unstable_by(|a, b| b.cmp(a));
+    placement
+}
+
+/// The zone each member pod actually runs in, from its node.
+async fn member_zones(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let zones = node_zones(client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("raft-operator.dev/cluster={name}")))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            Some((p.name_any(), zones.get(&node)?.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn five_voters_become_ready_placed_2_2_1_and_serve_through_the_client_service() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "five").await;
+    let _operator = Operator::start(&ns.name);
+    let started = Instant::now();
+    create_cluster(
+        &client,
+        &ns.name,
+        "demo",
+        json!({"replicas": 5, "version": "e2e"}),
+    )
+    .await;
+    let cluster = wait_ready(&client, &ns.name, "demo", 5, Duration::from_secs(240)).await;
+    println!(
+        "5-voter cluster Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let status = cluster.status.clone().unwrap();
+    assert_eq!(sorted_placement(&cluster), vec![2, 2, 1], "{status:?}");
+    assert_eq!(status.quorum_size, 3);
+    assert_eq!(status.node_fault_tolerance, 2);
+    assert_eq!(status.zone_fault_tolerance, 1);
+    assert_eq!(
+        status.cluster_id.as_deref(),
+        cluster.metadata.uid.as_deref()
+    );
+    assert_eq!(status.members.len(), 5);
+    assert_eq!(
+        status
+            .members
+            .iter()
+            .filter(|m| m.role == MemberRole::Leader)
+            .count(),
+        1
+    );
+    // The status reports where members actually run.
+    let actual = member_zones(&client, &ns.name, "demo").await;
+    for member in &status.members {
+        assert_eq!(
+            member.zone.as_ref(),
+            actual.get(&member.name),
+            "{}",
+            member.name
+        );
+    }
+    let mut per_zone: BTreeMap<&str, u32> = BTreeMap::new();
+    for zone in actual.values() {
+        *per_zone.entry(zone).or_default() += 1;
+    }
+    let mut counts: Vec<u32> = per_zone.values().copied().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(counts, vec![2, 2, 1], "pods per zone {per_zone:?}");
+
+    // Writes and reads through the client Service's ClusterIP, from the host.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let svc = services.get("demo").await.expect("client service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+    let kv = raft_proto::RaftClient::new(&[format!("{ip}:7000")]).expect("client");
+    let put = kv
+        .put(b"greeting", b"hello")
+        .await
+        .expect("put through the Service");
+    let got = kv
+        .get(b"greeting", raft_proto::Consistency::Linearizable)
+        .await
+        .expect("get through the Service");
+    assert_eq!(got.value, b"hello");
+    assert!(got.revision >= put.revision);
+}
+
+#[tokio::test]
+async fn nine_voters_are_placed_3_3_3() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "nine").await;
+    let _operator = Operator::start(&ns.name);
+    let started = Instant::now();
+    create_cluster(
+        &client,
+        &ns.name,
+        "big",
+        json!({"replicas": 9, "version": "e2e"}),
+    )
+    .await;
+    let cluster = wait_ready(&client, &ns.name, "big", 9, Duration::from_secs(300)).await;
+    println!(
+        "9-voter cluster Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(sorted_placement(&cluster), vec![3, 3, 3]);
+    let status = cluster.status.unwrap();
+    assert_eq!(status.node_fault_tolerance, 4);
+    assert_eq!(status.zone_fault_tolerance, 1);
+}
+
+#[tokio::test]
+async fn even_replicas_are_refused_by_the_api_server_with_the_reason() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "even").await;
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), &ns.name);
+    let cluster: RaftCluster = serde_json::from_value(json!({
+        "apiVersion": "raft-operator.dev/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {"name": "six"},
+        "spec": {"replicas": 6},
+    }))
+    .unwrap();
+    let err = api
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect_err("replicas: 6 must be refused");
+    let text = err.to_string();
+    println!("API server said: {text}");
+    assert!(
+        text.contains(
+            "6 voters need 4 for quorum and survive only 2 failures, the same as 5; use 5 or 7"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("spec.replicas"), "{text}");
+}
+
+#[tokio::test]
+async fn operator_killed_mid_bootstrap_converges_to_one_cluster() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "restart").await;
+    let mut operator = Operator::start(&ns.name);
+    create_cluster(
+        &client,
+        &ns.name,
+        "boot",
+        json!({"replicas": 3, "version": "e2e"}),
+    )
+    .await;
+    // Kill it as soon as it has created the members, before the cluster has formed.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(Duration::from_secs(60), "member pods created", || async {
+        pods.list(&ListParams::default().labels("raft-operator.dev/cluster=boot"))
+            .await
+            .is_ok_and(|l| l.items.len() == 3)
+    })
+    .await;
+    operator.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _operator = Operator::start(&ns.name);
+    let cluster = wait_ready(&client, &ns.name, "boot", 3, Duration::from_secs(180)).await;
+    let status = cluster.status.unwrap();
+    // One cluster: every member reports the same cluster id and the same leader.
+    let uid = cluster.metadata.uid.unwrap();
+    assert_eq!(status.cluster_id.as_deref(), Some(uid.as_str()));
+    for pod in pods
+        .list(&ListParams::default().labels("raft-operator.dev/cluster=boot"))
+        .await
+        .unwrap()
+        .items
+    {
+        let ip = common::pod_ip(&pod);
+        let member = raft_operator::admin::member_status(&format!("{ip}:7000"))
+            .await
+            .unwrap();
+        assert_eq!(
+            member.cluster_id.as_deref(),
+            Some(uid.as_str()),
+            "{}",
+            pod.name_any()
+        );
+        assert_eq!(member.voters.len(), 3, "{}", pod.name_any());
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_cluster_removes_pods_and_services_and_keeps_volumes() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "delete").await;
+    let _operator = Operator::start(&ns.name);
+    create_cluster(
+        &client,
+        &ns.name,
+        "gone",
+        json!({"replicas": 3, "version": "e2e"}),
+    )
+    .await;
+    wait_ready(&client, &ns.name, "gone", 3, Duration::from_secs(180)).await;
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), &ns.name);
+    api.delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let selector = ListParams::default().labels("raft-operator.dev/cluster=gone");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(
+        Duration::from_secs(90),
+        "pods, services and the RaftCluster gone",
+        || async {
+            pods.list(&selector).await.is_ok_and(|l| l.items.is_empty())
+                && services
+                    .list(&selector)
+                    .await
+                    .is_ok_and(|l| l.items.is_empty())
+                && api.get_opt("gone").await.is_ok_and(|c| c.is_none())
+        },
+    )
+    .await;
+    let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let kept = volumes.list(&selector).await.unwrap().items.len();
+    assert_eq!(
+        kept, 3,
+        "retention whenDeleted=Retain keeps every member's volume"
+    );
+}
