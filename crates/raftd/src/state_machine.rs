@@ -95,7 +95,7 @@ mod tests {
             },
         );
         assert!(r.succeeded);
-        assert_eq!(m.get(&b"k".to_vec()).unwrap(), &(b"b".to_vec(), 3));
+        assert_eq!(m.get(b"k".as_slice()).unwrap(), &(b"b".to_vec(), 3));
         let r = apply(
             &mut m,
             4,
@@ -115,6 +115,6 @@ mod tests {
                 new_value: None,
             },
         );
-        assert!(r.succeeded && !m.contains_key(&b"k".to_vec()));
+        assert!(r.succeeded && !m.contains_key(b"k".as_slice()));
     }
 }

@@ -105,15 +105,15 @@ pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
 
 // ------------------------------------------------------------------------------- log store
 
+/// A write other than an append, run by the writer thread in its own transaction.
+type OrderedWrite = Box<dyn FnOnce(&Database) -> io::Result<()> + Send>;
+
 /// One queued log-store write, executed in order by the writer thread.
 enum WriteOp {
     /// Entries to append; `callback` fires once they are fsynced.
     Append(Vec<(LogId, Vec<u8>)>, IOFlushed<TypeConfig>),
     /// Any other write, run in its own transaction; the result is sent back.
-    Other(
-        Box<dyn FnOnce(&Database) -> io::Result<()> + Send>,
-        tokio::sync::oneshot::Sender<io::Result<()>>,
-    ),
+    Other(OrderedWrite, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// The Raft log on redb. Cloned for log readers; all clones share the database.
