@@ -242,9 +242,9 @@ async fn publish_events(
     if !matches!(action, Action::Wait { .. } | Action::Blocked { .. }) {
         events.push(Event {
             type_: EventType::Normal,
-            reason: action_event_reason(action).to_string(),
+            reason: action.reason().to_string(),
             note: Some(truncate(&status::describe(observed, action), 1000)),
-            action: action_event_reason(action).to_string(),
+            action: action.reason().to_string(),
             secondary: None,
         });
     }
@@ -252,21 +252,6 @@ async fn publish_events(
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %err, reason = %event.reason, "could not publish event");
         }
-    }
-}
-
-fn action_event_reason(action: &Action) -> &'static str {
-    match action {
-        Action::CreateMembers { .. } => "CreateMembers",
-        Action::InitializeCluster { .. } => "Bootstrap",
-        Action::AddLearner { .. } => "AddLearner",
-        Action::PromoteVoter { .. } => "PromoteVoter",
-        Action::TransferLeadership { .. } => "TransferLeadership",
-        Action::RemoveMember { .. } => "RemoveMember",
-        Action::DeleteMember { .. } => "DeleteMember",
-        Action::ReplaceMember { .. } => "ReplaceMember",
-        Action::Wait { .. } => "Wait",
-        Action::Blocked { .. } => "Blocked",
     }
 }
 

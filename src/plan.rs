@@ -78,20 +78,31 @@ pub enum Action {
 }
 
 impl Action {
-    /// Short label for metrics and Events.
-    pub fn label(&self) -> &'static str {
+    /// Names of the action: a snake_case label for metrics and logs, and a PascalCase reason
+    /// for conditions and Events.
+    fn names(&self) -> (&'static str, &'static str) {
         match self {
-            Action::Wait { .. } => "wait",
-            Action::CreateMembers { .. } => "create_members",
-            Action::InitializeCluster { .. } => "initialize_cluster",
-            Action::AddLearner { .. } => "add_learner",
-            Action::PromoteVoter { .. } => "promote_voter",
-            Action::TransferLeadership { .. } => "transfer_leadership",
-            Action::RemoveMember { .. } => "remove_member",
-            Action::DeleteMember { .. } => "delete_member",
-            Action::ReplaceMember { .. } => "replace_member",
-            Action::Blocked { .. } => "blocked",
+            Action::Wait { .. } => ("wait", "Waiting"),
+            Action::CreateMembers { .. } => ("create_members", "CreatingMembers"),
+            Action::InitializeCluster { .. } => ("initialize_cluster", "Bootstrapping"),
+            Action::AddLearner { .. } => ("add_learner", "AddingLearner"),
+            Action::PromoteVoter { .. } => ("promote_voter", "PromotingVoter"),
+            Action::TransferLeadership { .. } => ("transfer_leadership", "TransferringLeadership"),
+            Action::RemoveMember { .. } => ("remove_member", "RemovingMember"),
+            Action::DeleteMember { .. } => ("delete_member", "DeletingMember"),
+            Action::ReplaceMember { .. } => ("replace_member", "ReplacingMember"),
+            Action::Blocked { .. } => ("blocked", "Blocked"),
         }
+    }
+
+    /// Short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        self.names().0
+    }
+
+    /// Reason for conditions and Events, PascalCase.
+    pub fn reason(&self) -> &'static str {
+        self.names().1
     }
 
     fn wait(reason: impl Into<String>) -> Self {

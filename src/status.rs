@@ -253,7 +253,7 @@ fn conditions(o: &Observed, action: &Action, i: ConditionInputs) -> Vec<Conditio
         }
         Action::Wait { reason } => (true, "Waiting", reason.clone()),
         Action::Blocked { reason } => (true, "Blocked", reason.clone()),
-        other => (true, action_reason(other), describe(o, other)),
+        other => (true, other.reason(), describe(o, other)),
     };
     out.push(cond(
         o,
@@ -379,21 +379,6 @@ fn conditions(o: &Observed, action: &Action, i: ConditionInputs) -> Vec<Conditio
         ),
     });
     out
-}
-
-fn action_reason(action: &Action) -> &'static str {
-    match action {
-        Action::CreateMembers { .. } => "CreatingMembers",
-        Action::InitializeCluster { .. } => "Bootstrapping",
-        Action::AddLearner { .. } => "AddingLearner",
-        Action::PromoteVoter { .. } => "PromotingVoter",
-        Action::TransferLeadership { .. } => "TransferringLeadership",
-        Action::RemoveMember { .. } => "RemovingMember",
-        Action::DeleteMember { .. } => "DeletingMember",
-        Action::ReplaceMember { .. } => "ReplacingMember",
-        Action::Wait { .. } => "Waiting",
-        Action::Blocked { .. } => "Blocked",
-    }
 }
 
 /// One sentence describing an action, for conditions and Events.

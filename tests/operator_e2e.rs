@@ -5,89 +5,14 @@
 
 mod common;
 
-use common::{TestNamespace, client, node_zones, poll_for, wait_until};
+use common::{Operator, TestNamespace, client, install_crd, node_zones, poll_for, wait_until};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use raft_operator::crd::{MemberRole, RaftCluster};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Install (or update) the CRD and wait until the API server serves it.
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "raftclusters.raft-operator.dev",
-        &PatchParams::apply("operator-e2e").force(),
-        &Patch::Apply(RaftCluster::crd()),
-    )
-    .await
-    .expect("apply the RaftCluster CRD");
-    wait_until(Duration::from_secs(30), "CRD established", || async {
-        crds.get("raftclusters.raft-operator.dev")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
-}
-
-/// An operator process watching one namespace; killed when dropped.
-struct Operator {
-    child: Child,
-}
-
-impl Operator {
-    fn start(namespace: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
-        std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log_path = log_dir.join(format!("{namespace}-operator.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("operator log");
-        eprintln!("operator for {namespace} logs to {}", log_path.display());
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-operator"))
-            .args([
-                "--watch-namespaces",
-                namespace,
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--log-format",
-                "text",
-            ])
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::from(log.try_clone().expect("log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start raft-operator");
-        Self { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn create_cluster(
     client: &Client,
