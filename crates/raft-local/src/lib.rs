@@ -70,13 +70,18 @@ fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, sig) };
     if rc != 0 {
-        bail!("signal {sig} to pid {pid}: {}", std::io::Error::last_os_error());
+        bail!(
+            "signal {sig} to pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
 
 fn alive(pid: u32) -> bool {
-    let Ok(p) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     // SAFETY: signal 0 only checks for existence.
     let rc = unsafe { libc::kill(p, 0) };
     if rc != 0 {
@@ -97,9 +102,15 @@ impl LocalCluster {
     /// Loads a cluster started earlier by `up`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let f = Self::state_file(dir);
-        let text = fs::read_to_string(&f)
-            .with_context(|| format!("--dir {}: no local cluster here (missing {})", dir.display(), f.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a valid cluster state file", f.display()))
+        let text = fs::read_to_string(&f).with_context(|| {
+            format!(
+                "--dir {}: no local cluster here (missing {})",
+                dir.display(),
+                f.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid cluster state file", f.display()))
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -111,7 +122,11 @@ impl LocalCluster {
 
     /// Comma-separated client endpoints.
     pub fn endpoints(&self) -> String {
-        self.nodes.iter().map(|n| n.grpc_addr.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.grpc_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn node(&self, id: u64) -> anyhow::Result<&LocalNode> {
@@ -140,7 +155,10 @@ impl LocalCluster {
             && let Ok(old) = Self::load(dir)
             && old.nodes.iter().any(|n| n.pid.is_some_and(alive))
         {
-            bail!("--dir {}: a local cluster is already running there; run `raftctl local down` first", dir.display());
+            bail!(
+                "--dir {}: a local cluster is already running there; run `raftctl local down` first",
+                dir.display()
+            );
         }
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
@@ -153,7 +171,10 @@ impl LocalCluster {
                 pid: None,
             });
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let mut cluster = LocalCluster {
             dir: dir.clone(),
             cluster_id: format!("local-{:x}", nanos & 0xffff_ffff),
@@ -204,9 +225,12 @@ impl LocalCluster {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} (set RAFTD_BIN to the raftd binary)", self.raftd_bin.display()))?;
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (set RAFTD_BIN to the raftd binary)",
+                self.raftd_bin.display()
+            )
+        })?;
         let pid = child.id();
         // The child is reaped by whoever outlives it; we only track its pid.
         std::mem::forget(child);
@@ -246,11 +270,18 @@ impl LocalCluster {
     }
 
     fn pid_of(&self, id: u64) -> anyhow::Result<u32> {
-        self.node(id)?.pid.with_context(|| format!("node {id} has no running process"))
+        self.node(id)?
+            .pid
+            .with_context(|| format!("node {id} has no running process"))
     }
 
     /// SIGKILL.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_process(id)?;
+        self.save()
+    }
+
+    fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
         let pid = self.pid_of(id)?;
         if alive(pid) {
             signal(pid, libc::SIGKILL)?;
@@ -264,7 +295,7 @@ impl LocalCluster {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
             n.pid = None;
         }
-        self.save()
+        Ok(())
     }
 
     /// SIGSTOP.
@@ -285,18 +316,27 @@ impl LocalCluster {
         self.spawn(id)
     }
 
-    /// Stops every node (SIGCONT first so paused nodes can exit, then SIGKILL).
+    /// Stops every node (SIGCONT first so paused nodes can exit, then SIGKILL). Every node is
+    /// signalled even if one fails; the first error is returned.
     pub fn down(&mut self) -> anyhow::Result<()> {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let mut first_err = None;
         for id in ids {
             if let Some(pid) = self.node(id)?.pid
                 && alive(pid)
             {
                 let _ = signal(pid, libc::SIGCONT);
-                self.kill(id)?;
+                if let Err(e) = self.kill_process(id) {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        self.save()
+        if self.dir.exists()
+            && let Err(e) = self.save()
+        {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Whether node `id`'s process is running.

@@ -44,7 +44,10 @@ pub struct ClientError {
 
 impl ClientError {
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// True when the server guaranteed the request was not applied.
@@ -87,12 +90,20 @@ fn classify(status: &Status, is_write: bool) -> Verdict {
             Some(addr) => Verdict::RetryAt(addr.to_string()),
             None => Verdict::RetryElsewhere(msg),
         },
-        (Some("not-applied"), "no-quorum") => Verdict::Fail(ClientError::new(ErrorKind::Unavailable, msg)),
+        (Some("not-applied"), "no-quorum") => {
+            Verdict::Fail(ClientError::new(ErrorKind::Unavailable, msg))
+        }
         (Some("not-applied"), "no-leader" | "uninitialized") => Verdict::RetryElsewhere(msg),
-        (Some("not-applied"), "invalid-argument") => Verdict::Fail(ClientError::new(ErrorKind::InvalidArgument, msg)),
+        (Some("not-applied"), "invalid-argument") => {
+            Verdict::Fail(ClientError::new(ErrorKind::InvalidArgument, msg))
+        }
         (Some("not-applied"), _) => Verdict::Fail(ClientError::new(ErrorKind::Refused, msg)),
         (Some("unknown"), _) => Verdict::Fail(ClientError::new(
-            if is_write { ErrorKind::OutcomeUnknown } else { ErrorKind::Other },
+            if is_write {
+                ErrorKind::OutcomeUnknown
+            } else {
+                ErrorKind::Other
+            },
             msg,
         )),
         _ => {
@@ -142,7 +153,9 @@ fn never_sent(status: &Status) -> bool {
         text.push_str(&e.to_string());
         src = e.source();
     }
-    text.contains("tcp connect error") || text.contains("Connection refused") || text.contains("error trying to connect")
+    text.contains("tcp connect error")
+        || text.contains("Connection refused")
+        || text.contains("error trying to connect")
 }
 
 impl RaftClient {
@@ -150,11 +163,19 @@ impl RaftClient {
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Self, ClientError> {
         let endpoints: Vec<String> = endpoints
             .iter()
-            .flat_map(|e| e.as_ref().split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
+            .flat_map(|e| {
+                e.as_ref()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
             .filter(|s| !s.is_empty())
             .collect();
         if endpoints.is_empty() {
-            return Err(ClientError::new(ErrorKind::InvalidArgument, "endpoints: at least one endpoint is required"));
+            return Err(ClientError::new(
+                ErrorKind::InvalidArgument,
+                "endpoints: at least one endpoint is required",
+            ));
         }
         let n = endpoints.len();
         Ok(Self {
@@ -185,7 +206,12 @@ impl RaftClient {
             return Ok(c.clone());
         }
         let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::new(ErrorKind::InvalidArgument, format!("endpoint {addr:?}: {e}")))?
+            .map_err(|e| {
+                ClientError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("endpoint {addr:?}: {e}"),
+                )
+            })?
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true);
         let ch = ep.connect_lazy();
@@ -237,7 +263,10 @@ impl RaftClient {
             if remaining.is_zero() {
                 return Err(ClientError::new(
                     ErrorKind::DeadlineExceeded,
-                    format!("deadline {:?} exceeded (not applied); last error: {last_err}", self.deadline),
+                    format!(
+                        "deadline {:?} exceeded (not applied); last error: {last_err}",
+                        self.deadline
+                    ),
                 ));
             }
             let ch = self.channel_for(&addr)?;
@@ -273,12 +302,18 @@ impl RaftClient {
                     if is_write {
                         return Err(ClientError::new(
                             ErrorKind::OutcomeUnknown,
-                            format!("outcome unknown: no answer from {addr} within the deadline {:?}", self.deadline),
+                            format!(
+                                "outcome unknown: no answer from {addr} within the deadline {:?}",
+                                self.deadline
+                            ),
                         ));
                     }
                     return Err(ClientError::new(
                         ErrorKind::DeadlineExceeded,
-                        format!("deadline {:?} exceeded; last error: {last_err}", self.deadline),
+                        format!(
+                            "deadline {:?} exceeded; last error: {last_err}",
+                            self.deadline
+                        ),
                     ));
                 }
             }
@@ -292,28 +327,53 @@ impl RaftClient {
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, ClientError> {
-        let msg = pb::PutRequest { key: key.to_vec(), value: value.to_vec() };
+        let msg = pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
         self.run(true, |ch, t| {
             let m = msg.clone();
-            async move { KvClient::new(ch).put(Self::req(m, t)).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(ch)
+                    .put(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
-    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<pb::GetResponse, ClientError> {
-        let msg = pb::GetRequest { key: key.to_vec(), consistency: consistency as i32 };
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<pb::GetResponse, ClientError> {
+        let msg = pb::GetRequest {
+            key: key.to_vec(),
+            consistency: consistency as i32,
+        };
         if consistency == Consistency::Stale {
             // A stale read is answered by whichever node we reach first.
             return self
                 .run(false, |ch, t| {
                     let m = msg.clone();
-                    async move { KvClient::new(ch).get(Self::req(m, t)).await.map(|r| r.into_inner()) }
+                    async move {
+                        KvClient::new(ch)
+                            .get(Self::req(m, t))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await;
         }
         self.run(false, |ch, t| {
             let m = msg.clone();
-            async move { KvClient::new(ch).get(Self::req(m, t)).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(ch)
+                    .get(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -322,7 +382,12 @@ impl RaftClient {
         let msg = pb::DeleteRequest { key: key.to_vec() };
         self.run(true, |ch, t| {
             let m = msg.clone();
-            async move { KvClient::new(ch).delete(Self::req(m, t)).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(ch)
+                    .delete(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -330,16 +395,35 @@ impl RaftClient {
     pub async fn cas(&self, req: pb::CasRequest) -> Result<pb::CasResponse, ClientError> {
         self.run(true, |ch, t| {
             let m = req.clone();
-            async move { KvClient::new(ch).cas(Self::req(m, t)).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(ch)
+                    .cas(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
-    pub async fn list(&self, prefix: &[u8], limit: u32, consistency: Consistency) -> Result<pb::ListResponse, ClientError> {
-        let msg = pb::ListRequest { prefix: prefix.to_vec(), limit, consistency: consistency as i32 };
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<pb::ListResponse, ClientError> {
+        let msg = pb::ListRequest {
+            prefix: prefix.to_vec(),
+            limit,
+            consistency: consistency as i32,
+        };
         self.run(false, |ch, t| {
             let m = msg.clone();
-            async move { KvClient::new(ch).list(Self::req(m, t)).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(ch)
+                    .list(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -351,7 +435,12 @@ impl RaftClient {
             .status(Self::req(pb::StatusRequest {}, Duration::from_secs(2)))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::new(ErrorKind::Unavailable, format!("status of {addr}: {}", s.message())))
+            .map_err(|s| {
+                ClientError::new(
+                    ErrorKind::Unavailable,
+                    format!("status of {addr}: {}", s.message()),
+                )
+            })
     }
 
     /// Status from the leader if one is reachable, else from any node that answers.
@@ -362,19 +451,23 @@ impl RaftClient {
             match self.status_of(ep).await {
                 Ok(s) if s.role == "leader" => return Ok(s),
                 Ok(s) => {
-                    if s.has_leader && !s.leader_grpc_addr.is_empty() && fallback.is_none() {
-                        if let Ok(l) = self.status_of(&s.leader_grpc_addr).await
-                            && l.role == "leader"
-                        {
-                            return Ok(l);
-                        }
+                    if s.has_leader
+                        && !s.leader_grpc_addr.is_empty()
+                        && fallback.is_none()
+                        && let Ok(l) = self.status_of(&s.leader_grpc_addr).await
+                        && l.role == "leader"
+                    {
+                        return Ok(l);
                     }
                     fallback.get_or_insert(s);
                 }
                 Err(e) => last_err = Some(e),
             }
         }
-        fallback.ok_or_else(|| last_err.unwrap_or_else(|| ClientError::new(ErrorKind::Unavailable, "no endpoint answered")))
+        fallback.ok_or_else(|| {
+            last_err
+                .unwrap_or_else(|| ClientError::new(ErrorKind::Unavailable, "no endpoint answered"))
+        })
     }
 
     /// Runs an admin call on the leader (following hints).
@@ -384,12 +477,22 @@ impl RaftClient {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut call = call;
-        self.run(false, move |ch, t| call(AdminClient::new(ch), t)).await
+        self.run(false, move |ch, t| call(AdminClient::new(ch), t))
+            .await
     }
 
-    pub async fn add_learner(&self, id: u64, grpc_addr: &str, http_addr: &str) -> Result<pb::MembershipResponse, ClientError> {
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        grpc_addr: &str,
+        http_addr: &str,
+    ) -> Result<pb::MembershipResponse, ClientError> {
         let m = pb::AddLearnerRequest {
-            member: Some(pb::MemberAddr { id, grpc_addr: grpc_addr.into(), http_addr: http_addr.into() }),
+            member: Some(pb::MemberAddr {
+                id,
+                grpc_addr: grpc_addr.into(),
+                http_addr: http_addr.into(),
+            }),
             wait_caught_up: false,
         };
         self.admin(|mut c, t| {
@@ -401,21 +504,30 @@ impl RaftClient {
 
     pub async fn promote_voter(&self, id: u64) -> Result<pb::MembershipResponse, ClientError> {
         self.admin(|mut c, t| async move {
-            c.promote_voter(Self::req(pb::PromoteVoterRequest { id }, t)).await.map(|r| r.into_inner())
+            c.promote_voter(Self::req(pb::PromoteVoterRequest { id }, t))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<pb::MembershipResponse, ClientError> {
         self.admin(|mut c, t| async move {
-            c.remove_member(Self::req(pb::RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner())
+            c.remove_member(Self::req(pb::RemoveMemberRequest { id }, t))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
-    pub async fn transfer_leader(&self, to: u64) -> Result<pb::TransferLeaderResponse, ClientError> {
+    pub async fn transfer_leader(
+        &self,
+        to: u64,
+    ) -> Result<pb::TransferLeaderResponse, ClientError> {
         self.admin(|mut c, t| async move {
-            c.transfer_leader(Self::req(pb::TransferLeaderRequest { to }, t)).await.map(|r| r.into_inner())
+            c.transfer_leader(Self::req(pb::TransferLeaderRequest { to }, t))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }

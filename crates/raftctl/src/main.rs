@@ -3,7 +3,11 @@
 //! Each subcommand lives in its own module; this file only parses arguments and dispatches.
 //! Installed as `kubectl-raft`, it also works as a kubectl plugin (`kubectl raft ...`).
 
+mod admin;
+mod bench;
 mod cluster;
+mod kv;
+mod local;
 mod output;
 mod quorum_cmd;
 
@@ -32,6 +36,26 @@ enum Command {
     /// RaftCluster resources in Kubernetes (`kubectl raft status NAME` is `cluster status NAME`).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Write a key to a raftd cluster.
+    Put(kv::PutArgs),
+    /// Read a key.
+    Get(kv::GetArgs),
+    /// Delete a key.
+    Del(kv::DelArgs),
+    /// Compare-and-swap a key on its value or revision.
+    Cas(kv::CasArgs),
+    /// List keys under a prefix.
+    List(kv::ListArgs),
+    /// raftd cluster status (from the leader when reachable).
+    Status(admin::StatusArgs),
+    /// raftd membership: list, add (learner), promote, remove.
+    Member(admin::MemberArgs),
+    /// Move raftd leadership to another voter.
+    TransferLeader(admin::TransferArgs),
+    /// Local playground: raftd processes on 127.0.0.1 with fault injection.
+    Local(local::LocalArgs),
+    /// Throughput and latency of local raftd clusters, compared with etcd.
+    Bench(bench::BenchArgs),
 }
 
 /// As a kubectl plugin (`kubectl-raft`), `kubectl raft status NAME` means the RaftCluster's status.
@@ -51,21 +75,38 @@ fn plugin_args() -> Vec<std::ffi::OsString> {
     args
 }
 
+async fn run_async(command: &Command, output: OutputFormat) -> anyhow::Result<()> {
+    match command {
+        Command::Quorum(args) => quorum_cmd::run(args, output),
+        Command::Cluster(command) => cluster::run(command, output).await,
+        Command::Put(a) => kv::put(a, output).await,
+        Command::Get(a) => kv::get(a, output).await,
+        Command::Del(a) => kv::del(a, output).await,
+        Command::Cas(a) => kv::cas(a, output).await,
+        Command::List(a) => kv::list(a, output).await,
+        Command::Status(a) => admin::status(a, output).await,
+        Command::Member(a) => admin::member(a, output).await,
+        Command::TransferLeader(a) => admin::transfer(a, output).await,
+        Command::Local(a) => local::run(a, output).await,
+        Command::Bench(a) => bench::run(a, output).await,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(plugin_args());
     let result = match &cli.command {
         Command::Quorum(args) => quorum_cmd::run(args, cli.output),
-        Command::Cluster(command) => tokio::runtime::Builder::new_multi_thread()
+        command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(cluster::run(command, cli.output))),
+            .and_then(|runtime| runtime.block_on(run_async(command, cli.output))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            kv::exit_code(&err)
         }
     }
 }

@@ -34,27 +34,34 @@ pub struct InitialMember {
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, String> {
     let mut out: Vec<InitialMember> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addrs) = part
-            .split_once('=')
-            .ok_or_else(|| format!("initial-cluster: entry {part:?} must look like ID=GRPC_ADDR[@HTTP_ADDR]"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("initial-cluster: node id {id:?} in {part:?} is not a positive integer"))?;
+        let (id, addrs) = part.split_once('=').ok_or_else(|| {
+            format!("initial-cluster: entry {part:?} must look like ID=GRPC_ADDR[@HTTP_ADDR]")
+        })?;
+        let id: u64 = id.trim().parse().map_err(|_| {
+            format!("initial-cluster: node id {id:?} in {part:?} is not a positive integer")
+        })?;
         if id == 0 {
-            return Err(format!("initial-cluster: node id 0 in {part:?} is reserved; use ids from 1"));
+            return Err(format!(
+                "initial-cluster: node id 0 in {part:?} is reserved; use ids from 1"
+            ));
         }
         let (grpc, http) = match addrs.split_once('@') {
             Some((g, h)) => (g.to_string(), h.to_string()),
             None => (addrs.to_string(), String::new()),
         };
         if grpc.parse::<SocketAddr>().is_err() && !grpc.contains(':') {
-            return Err(format!("initial-cluster: address {grpc:?} of node {id} must be HOST:PORT"));
+            return Err(format!(
+                "initial-cluster: address {grpc:?} of node {id} must be HOST:PORT"
+            ));
         }
         if out.iter().any(|m| m.id == id) {
             return Err(format!("initial-cluster: node id {id} appears twice"));
         }
-        out.push(InitialMember { id, grpc_addr: grpc, http_addr: http });
+        out.push(InitialMember {
+            id,
+            grpc_addr: grpc,
+            http_addr: http,
+        });
     }
     if out.is_empty() {
         return Err("initial-cluster: no members given".to_string());
@@ -121,10 +128,14 @@ pub struct Args {
 
 impl Args {
     pub fn grpc_advertise(&self) -> String {
-        self.grpc_advertise.clone().unwrap_or_else(|| self.grpc_listen.to_string())
+        self.grpc_advertise
+            .clone()
+            .unwrap_or_else(|| self.grpc_listen.to_string())
     }
     pub fn http_advertise(&self) -> String {
-        self.http_advertise.clone().unwrap_or_else(|| self.http_listen.to_string())
+        self.http_advertise
+            .clone()
+            .unwrap_or_else(|| self.http_listen.to_string())
     }
 
     /// Checks cross-field constraints; the error names the flag and the reason.
@@ -132,7 +143,9 @@ impl Args {
         if self.node_id == 0 {
             return Err("--node-id: 0 is reserved; use ids from 1".into());
         }
-        if self.election_timeout_min_ms == 0 || self.election_timeout_min_ms >= self.election_timeout_max_ms {
+        if self.election_timeout_min_ms == 0
+            || self.election_timeout_min_ms >= self.election_timeout_max_ms
+        {
             return Err(format!(
                 "--election-timeout-min-ms ({}) must be > 0 and below --election-timeout-max-ms ({})",
                 self.election_timeout_min_ms, self.election_timeout_max_ms
@@ -150,7 +163,10 @@ impl Args {
             };
             let members = parse_initial_cluster(ic)?;
             if !members.iter().any(|m| m.id == self.node_id) {
-                return Err(format!("--initial-cluster does not contain this node's id {}", self.node_id));
+                return Err(format!(
+                    "--initial-cluster does not contain this node's id {}",
+                    self.node_id
+                ));
             }
             if self.cluster_id.as_deref().unwrap_or("").is_empty() {
                 return Err("--bootstrap needs --cluster-id".into());

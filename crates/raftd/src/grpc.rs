@@ -23,11 +23,17 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 pub fn to_status(e: NodeError) -> Status {
     let msg = e.to_string();
     let (code, outcome, kind) = match &e {
-        NodeError::NotLeader { .. } => (tonic::Code::FailedPrecondition, "not-applied", "not-leader"),
+        NodeError::NotLeader { .. } => {
+            (tonic::Code::FailedPrecondition, "not-applied", "not-leader")
+        }
         NodeError::NoQuorum { .. } => (tonic::Code::Unavailable, "not-applied", "no-quorum"),
         NodeError::NoLeader { .. } => (tonic::Code::Unavailable, "not-applied", "no-leader"),
         NodeError::OutcomeUnknown(_) => (tonic::Code::Unknown, "unknown", "outcome-unknown"),
-        NodeError::InvalidArgument { .. } => (tonic::Code::InvalidArgument, "not-applied", "invalid-argument"),
+        NodeError::InvalidArgument { .. } => (
+            tonic::Code::InvalidArgument,
+            "not-applied",
+            "invalid-argument",
+        ),
         NodeError::Uninitialized(_) => (tonic::Code::Unavailable, "not-applied", "uninitialized"),
         NodeError::Refused(_) => (tonic::Code::FailedPrecondition, "not-applied", "refused"),
         NodeError::Internal(_) => (tonic::Code::Internal, "unknown", "internal"),
@@ -36,7 +42,11 @@ pub fn to_status(e: NodeError) -> Status {
     let md = status.metadata_mut();
     md.insert("raft-outcome", MetadataValue::from_static(outcome));
     md.insert("raft-error", MetadataValue::from_static(kind));
-    if let NodeError::NotLeader { leader_id, leader_addr } = &e {
+    if let NodeError::NotLeader {
+        leader_id,
+        leader_addr,
+    } = &e
+    {
         if let Some(id) = leader_id
             && let Ok(v) = id.to_string().parse()
         {
@@ -53,7 +63,11 @@ pub fn to_status(e: NodeError) -> Status {
 
 /// The client's deadline from the `grpc-timeout` header, else 5 s.
 fn deadline<T>(req: &Request<T>) -> Duration {
-    let Some(v) = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
+    let Some(v) = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+    else {
         return DEFAULT_DEADLINE;
     };
     if v.len() < 2 {
@@ -73,7 +87,8 @@ fn deadline<T>(req: &Request<T>) -> Duration {
         _ => DEFAULT_DEADLINE,
     };
     // Leave a little time for the answer to travel back.
-    d.saturating_sub(Duration::from_millis(20)).max(Duration::from_millis(10))
+    d.saturating_sub(Duration::from_millis(20))
+        .max(Duration::from_millis(10))
 }
 
 fn level(c: i32) -> Result<ReadLevel, Status> {
@@ -97,8 +112,21 @@ impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let d = deadline(&req);
         let r = req.into_inner();
-        let res = self.node.write(Command::Put { key: r.key, value: r.value }, d).await.map_err(to_status)?;
-        Ok(Response::new(pb::PutResponse { revision: res.revision, had_previous: res.previous.is_some() }))
+        let res = self
+            .node
+            .write(
+                Command::Put {
+                    key: r.key,
+                    value: r.value,
+                },
+                d,
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::PutResponse {
+            revision: res.revision,
+            had_previous: res.previous.is_some(),
+        }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -108,7 +136,10 @@ impl Kv for KvService {
         let lvl = level(r.consistency)?;
         let (served, kv) = self.node.linearize(lvl, d).await.map_err(to_status)?;
         let revision = kv.applied();
-        let data = kv.data.read().map_err(|e| Status::internal(e.to_string()))?;
+        let data = kv
+            .data
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
         let (found, value, mod_revision) = match data.get(&r.key) {
             Some((v, rev)) => (true, v.clone(), *rev),
             None => (false, Vec::new(), 0),
@@ -124,11 +155,21 @@ impl Kv for KvService {
         }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let d = deadline(&req);
         let r = req.into_inner();
-        let res = self.node.write(Command::Delete { key: r.key }, d).await.map_err(to_status)?;
-        Ok(Response::new(pb::DeleteResponse { revision: res.revision, deleted: res.previous.is_some() }))
+        let res = self
+            .node
+            .write(Command::Delete { key: r.key }, d)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteResponse {
+            revision: res.revision,
+            deleted: res.previous.is_some(),
+        }))
     }
 
     async fn cas(&self, req: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
@@ -145,7 +186,18 @@ impl Kv for KvService {
             }
         };
         let new_value = if r.delete { None } else { Some(r.new_value) };
-        let res = self.node.write(Command::Cas { key: r.key, expect, new_value }, d).await.map_err(to_status)?;
+        let res = self
+            .node
+            .write(
+                Command::Cas {
+                    key: r.key,
+                    expect,
+                    new_value,
+                },
+                d,
+            )
+            .await
+            .map_err(to_status)?;
         let (found, current_value, current_mod_revision) = match res.previous {
             Some((v, rev)) => (true, v, rev),
             None => (false, Vec::new(), 0),
@@ -159,15 +211,25 @@ impl Kv for KvService {
         }))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let d = deadline(&req);
         let r = req.into_inner();
         validate_prefix(&r.prefix).map_err(to_status)?;
         let lvl = level(r.consistency)?;
         let (served, kv) = self.node.linearize(lvl, d).await.map_err(to_status)?;
         let revision = kv.applied();
-        let limit = if r.limit == 0 { 10_000 } else { r.limit as usize };
-        let data = kv.data.read().map_err(|e| Status::internal(e.to_string()))?;
+        let limit = if r.limit == 0 {
+            10_000
+        } else {
+            r.limit as usize
+        };
+        let data = kv
+            .data
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mut items = Vec::new();
         let mut more = false;
         for (k, (v, rev)) in data.range(r.prefix.clone()..) {
@@ -178,9 +240,18 @@ impl Kv for KvService {
                 more = true;
                 break;
             }
-            items.push(pb::KeyValue { key: k.clone(), value: v.clone(), mod_revision: *rev });
+            items.push(pb::KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+                mod_revision: *rev,
+            });
         }
-        Ok(Response::new(pb::ListResponse { items, revision, stale: served == crate::node::ServedBy::Stale, more }))
+        Ok(Response::new(pb::ListResponse {
+            items,
+            revision,
+            stale: served == crate::node::ServedBy::Stale,
+            more,
+        }))
     }
 }
 
@@ -190,12 +261,21 @@ pub struct AdminService {
 
 fn member_addr(m: Option<pb::MemberAddr>) -> Result<(u64, MemberNode), Status> {
     let m = m.ok_or_else(|| Status::invalid_argument("member: required"))?;
-    Ok((m.id, MemberNode { grpc_addr: m.grpc_addr, http_addr: m.http_addr }))
+    Ok((
+        m.id,
+        MemberNode {
+            grpc_addr: m.grpc_addr,
+            http_addr: m.http_addr,
+        },
+    ))
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(status::status(&self.node).await))
     }
 
@@ -207,10 +287,24 @@ impl Admin for AdminService {
         let members = r
             .members
             .into_iter()
-            .map(|m| (m.id, MemberNode { grpc_addr: m.grpc_addr, http_addr: m.http_addr }))
+            .map(|m| {
+                (
+                    m.id,
+                    MemberNode {
+                        grpc_addr: m.grpc_addr,
+                        http_addr: m.http_addr,
+                    },
+                )
+            })
             .collect();
-        let already = self.node.initialize(&r.cluster_id, members).await.map_err(to_status)?;
-        Ok(Response::new(pb::InitializeResponse { already_initialized: already }))
+        let already = self
+            .node
+            .initialize(&r.cluster_id, members)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::InitializeResponse {
+            already_initialized: already,
+        }))
     }
 
     async fn add_learner(
@@ -219,38 +313,69 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = req.into_inner();
         let (id, node) = member_addr(r.member)?;
-        let (revision, changed) = self.node.add_learner(id, node, r.wait_caught_up).await.map_err(to_status)?;
+        let (revision, changed) = self
+            .node
+            .add_learner(id, node, r.wait_caught_up)
+            .await
+            .map_err(to_status)?;
         let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse { revision, changed, members: st.members }))
+        Ok(Response::new(pb::MembershipResponse {
+            revision,
+            changed,
+            members: st.members,
+        }))
     }
 
     async fn promote_voter(
         &self,
         req: Request<pb::PromoteVoterRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let (revision, changed) = self.node.promote_voter(req.into_inner().id).await.map_err(to_status)?;
+        let (revision, changed) = self
+            .node
+            .promote_voter(req.into_inner().id)
+            .await
+            .map_err(to_status)?;
         let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse { revision, changed, members: st.members }))
+        Ok(Response::new(pb::MembershipResponse {
+            revision,
+            changed,
+            members: st.members,
+        }))
     }
 
     async fn remove_member(
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let (revision, changed) = self.node.remove_member(req.into_inner().id).await.map_err(to_status)?;
+        let (revision, changed) = self
+            .node
+            .remove_member(req.into_inner().id)
+            .await
+            .map_err(to_status)?;
         let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse { revision, changed, members: st.members }))
+        Ok(Response::new(pb::MembershipResponse {
+            revision,
+            changed,
+            members: st.members,
+        }))
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let leader_id = self.node.transfer_leader(req.into_inner().to).await.map_err(to_status)?;
+        let leader_id = self
+            .node
+            .transfer_leader(req.into_inner().to)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::TransferLeaderResponse { leader_id }))
     }
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let snapshot_index = self.node.snapshot_now().await.map_err(to_status)?;
         Ok(Response::new(pb::SnapshotResponse { snapshot_index }))
     }
@@ -260,26 +385,42 @@ pub struct PeerService {
     pub node: Arc<RaftNode>,
 }
 
-fn reply<T: Serialize, E: std::fmt::Display>(res: Result<T, E>) -> Result<Response<pb::PeerReply>, Status> {
+fn reply<T: Serialize, E: std::fmt::Display>(
+    res: Result<T, E>,
+) -> Result<Response<pb::PeerReply>, Status> {
     let res: Result<T, String> = res.map_err(|e| e.to_string());
-    let payload = postcard::to_stdvec(&res).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    let payload =
+        postcard::to_stdvec(&res).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
     Ok(Response::new(pb::PeerReply { payload }))
 }
 
 impl PeerService {
-    fn admit<T: for<'a> serde::Deserialize<'a>>(&self, req: Request<pb::PeerRequest>, what: &str) -> Result<T, Status> {
+    fn admit<T: for<'a> serde::Deserialize<'a>>(
+        &self,
+        req: Request<pb::PeerRequest>,
+        what: &str,
+    ) -> Result<T, Status> {
         let r = req.into_inner();
-        self.node.admit_peer(r.from, &r.cluster_id, r.epoch).map_err(to_status)?;
+        self.node
+            .admit_peer(r.from, &r.cluster_id, r.epoch)
+            .map_err(to_status)?;
         postcard::from_bytes(&r.payload).map_err(|e| {
-            Status::invalid_argument(format!("payload: not a valid {what} message from node {}: {e}", r.from))
+            Status::invalid_argument(format!(
+                "payload: not a valid {what} message from node {}: {e}",
+                r.from
+            ))
         })
     }
 }
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: AppendEntriesRequest<crate::types::TypeConfig> = self.admit(req, "AppendEntries")?;
+    async fn append_entries(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let rpc: AppendEntriesRequest<crate::types::TypeConfig> =
+            self.admit(req, "AppendEntries")?;
         reply(self.node.raft().append_entries(rpc).await)
     }
 
@@ -288,19 +429,32 @@ impl RaftPeer for PeerService {
         reply(self.node.raft().vote(rpc).await)
     }
 
-    async fn pre_vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
+    async fn pre_vote(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
         let rpc: VoteRequest<crate::types::TypeConfig> = self.admit(req, "PreVote")?;
         reply(self.node.raft().pre_vote(rpc).await)
     }
 
-    async fn full_snapshot(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
+    async fn full_snapshot(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
         let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = self.admit(req, "FullSnapshot")?;
-        let snapshot = crate::types::Snapshot { meta, snapshot: data };
+        let snapshot = crate::types::Snapshot {
+            meta,
+            snapshot: data,
+        };
         reply(self.node.raft().install_full_snapshot(vote, snapshot).await)
     }
 
-    async fn transfer_leader(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: TransferLeaderRequest<crate::types::TypeConfig> = self.admit(req, "TransferLeader")?;
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::PeerRequest>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        let rpc: TransferLeaderRequest<crate::types::TypeConfig> =
+            self.admit(req, "TransferLeader")?;
         reply(self.node.raft().handle_transfer_leader(rpc).await)
     }
 }

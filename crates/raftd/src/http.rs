@@ -27,7 +27,11 @@ async fn readyz(State(node): State<Arc<RaftNode>>) -> Response {
     let s = status::status(&node).await;
     match status::ready(&s) {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -14,9 +14,13 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_env("RAFTD_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_from_env("RAFTD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     if args.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -56,7 +60,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener));
+        .serve_with_incoming(
+            // Nagle's algorithm with delayed ACKs would add ~40 ms to small RPCs.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+        );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -10,15 +10,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::RaftNetworkV2;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::RaftNetworkV2;
-use raft_proto::pb::raft_peer_client::RaftPeerClient;
 use raft_proto::pb::PeerRequest;
+use raft_proto::pb::raft_peer_client::RaftPeerClient;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
@@ -76,7 +76,13 @@ impl NetworkShared {
         injected_rtt: Duration,
         min_append_timeout: Duration,
     ) -> Self {
-        Self { identity, tracker, injected_rtt, min_append_timeout, channels: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            identity,
+            tracker,
+            injected_rtt,
+            min_append_timeout,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -96,7 +102,12 @@ impl NetworkShared {
 
     fn request(&self, payload: Vec<u8>) -> PeerRequest {
         let id = self.identity.read().map(|i| i.clone()).unwrap_or_default();
-        PeerRequest { cluster_id: id.cluster_id, from: id.node_id, payload, epoch: id.epoch }
+        PeerRequest {
+            cluster_id: id.cluster_id,
+            from: id.node_id,
+            payload,
+            epoch: id.epoch,
+        }
     }
 }
 
@@ -104,7 +115,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkShared {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        PeerClient { shared: self.clone(), target, addr: node.grpc_addr.clone() }
+        PeerClient {
+            shared: self.clone(),
+            target,
+            addr: node.grpc_addr.clone(),
+        }
     }
 }
 
@@ -159,8 +174,12 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerCallError> {
-        let payload = postcard::to_stdvec(req).map_err(|e| PeerCallError::Network(self.target, e.to_string()))?;
-        let channel = self.shared.channel(&self.addr).map_err(|e| PeerCallError::Unreachable(self.target, e))?;
+        let payload = postcard::to_stdvec(req)
+            .map_err(|e| PeerCallError::Network(self.target, e.to_string()))?;
+        let channel = self
+            .shared
+            .channel(&self.addr)
+            .map_err(|e| PeerCallError::Unreachable(self.target, e))?;
         let mut client = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -180,17 +199,31 @@ impl PeerClient {
             }
         };
         let reply = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => return Err(PeerCallError::Unreachable(self.target, format!("timed out after {timeout:?}"))),
+            Err(_) => {
+                return Err(PeerCallError::Unreachable(
+                    self.target,
+                    format!("timed out after {timeout:?}"),
+                ));
+            }
             Ok(Err(status)) => {
                 return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => {
                         PeerCallError::Unreachable(self.target, status.message().to_string())
                     }
                     tonic::Code::FailedPrecondition => {
-                        tracing::warn!(peer = self.target, error = status.message(), "peer refused RPC");
+                        tracing::warn!(
+                            peer = self.target,
+                            error = status.message(),
+                            "peer refused RPC"
+                        );
                         PeerCallError::Unreachable(self.target, status.message().to_string())
                     }
-                    _ => PeerCallError::Network(self.target, format!("{}: {}", status.code(), status.message())),
+                    _ => PeerCallError::Network(
+                        self.target,
+                        format!("{}: {}", status.code(), status.message()),
+                    ),
                 });
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -256,6 +289,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self.call(PeerRpc::TransferLeader, &req, option.soft_ttl()).await?)
+        Ok(self
+            .call(PeerRpc::TransferLeader, &req, option.soft_ttl())
+            .await?)
     }
 }

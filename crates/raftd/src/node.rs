@@ -38,10 +38,17 @@ pub const MAX_WRITE_WAIT: Duration = Duration::from_secs(5);
 pub enum NodeError {
     /// Not applied: this node is not the leader.
     #[error("not leader (not applied){}", leader_hint(.leader_id, .leader_addr))]
-    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     /// Not applied: a majority of voters is unreachable.
     #[error("no quorum: {reachable} of {voters} voters reachable, {needed} needed (not applied)")]
-    NoQuorum { reachable: usize, voters: usize, needed: usize },
+    NoQuorum {
+        reachable: usize,
+        voters: usize,
+        needed: usize,
+    },
     /// Not applied: no leader is known yet (election in progress); safe to retry.
     #[error("no leader elected yet (not applied); {reachable} of {voters} voters reachable")]
     NoLeader { reachable: usize, voters: usize },
@@ -50,7 +57,9 @@ pub enum NodeError {
     OutcomeUnknown(String),
     #[error("invalid argument: {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("node {0} is not initialized: start it with --bootstrap or call Admin.Initialize, or add it as a learner")]
+    #[error(
+        "node {0} is not initialized: start it with --bootstrap or call Admin.Initialize, or add it as a learner"
+    )]
     Uninitialized(NodeId),
     #[error("refused: {0}")]
     Refused(String),
@@ -148,7 +157,10 @@ impl RaftNode {
                 ),
                 Some(_) => {}
                 None => {
-                    let new = ClusterIdentity { cluster_id: flag.to_string(), epoch: 1 };
+                    let new = ClusterIdentity {
+                        cluster_id: flag.to_string(),
+                        epoch: 1,
+                    };
                     store::write_identity(&db, &new)?;
                     identity = Some(new);
                 }
@@ -177,11 +189,15 @@ impl RaftNode {
             enable_pre_vote: Some(true),
             enable_leader_restore: Some(false),
             max_payload_entries: 2000,
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()?;
         let raft_config = Arc::new(raft_config);
-        let self_node = MemberNode { grpc_addr: args.grpc_advertise(), http_addr: args.http_advertise() };
+        let self_node = MemberNode {
+            grpc_addr: args.grpc_advertise(),
+            http_addr: args.http_advertise(),
+        };
         let core = Self::build_core(args.node_id, &raft_config, &network, &db).await?;
         let (quorum_lost, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(RaftNode {
@@ -205,9 +221,20 @@ impl RaftNode {
             let cluster_id = node.args.cluster_id.clone().unwrap_or_default();
             let members: Vec<(NodeId, MemberNode)> = members
                 .into_iter()
-                .map(|m| (m.id, MemberNode { grpc_addr: m.grpc_addr, http_addr: m.http_addr }))
+                .map(|m| {
+                    (
+                        m.id,
+                        MemberNode {
+                            grpc_addr: m.grpc_addr,
+                            http_addr: m.http_addr,
+                        },
+                    )
+                })
                 .collect();
-            let already = node.initialize(&cluster_id, members).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let already = node
+                .initialize(&cluster_id, members)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(node = node.id, already_initialized = already, "bootstrap");
         }
         tokio::spawn(Self::watchdog(node.clone()));
@@ -222,7 +249,14 @@ impl RaftNode {
     ) -> anyhow::Result<Core> {
         let sm = StateMachineStore::open(db.clone())?;
         let kv = sm.state.clone();
-        let raft = Raft::new(id, config.clone(), network.clone(), LogStore::new(db.clone()), sm).await?;
+        let raft = Raft::new(
+            id,
+            config.clone(),
+            network.clone(),
+            LogStore::new(db.clone()),
+            sm,
+        )
+        .await?;
         Ok(Core { raft, kv })
     }
 
@@ -243,12 +277,16 @@ impl RaftNode {
 
     /// The lease minus the drift bound: how old a quorum ack may be for a lease read.
     pub fn lease_read_window(&self) -> Duration {
-        self.lease().saturating_sub(Duration::from_millis(self.args.max_clock_drift_ms))
+        self.lease()
+            .saturating_sub(Duration::from_millis(self.args.max_clock_drift_ms))
     }
 
     pub fn cluster_identity(&self) -> ClusterIdentity {
         let w = self.identity.read().map(|w| w.clone()).unwrap_or_default();
-        ClusterIdentity { cluster_id: w.cluster_id, epoch: w.epoch }
+        ClusterIdentity {
+            cluster_id: w.cluster_id,
+            epoch: w.epoch,
+        }
     }
 
     /// Checks an incoming peer RPC's cluster id and epoch; an uninitialized node adopts them.
@@ -261,13 +299,21 @@ impl RaftNode {
                     self.id
                 )));
             }
-            let adopted = ClusterIdentity { cluster_id: cluster_id.to_string(), epoch: epoch.max(1) };
+            let adopted = ClusterIdentity {
+                cluster_id: cluster_id.to_string(),
+                epoch: epoch.max(1),
+            };
             store::write_identity(&self.db, &adopted).map_err(raft_err)?;
             if let Ok(mut w) = self.identity.write() {
                 w.cluster_id = adopted.cluster_id.clone();
                 w.epoch = adopted.epoch;
             }
-            tracing::info!(cluster_id, epoch = adopted.epoch, from, "joined cluster: adopted its identity");
+            tracing::info!(
+                cluster_id,
+                epoch = adopted.epoch,
+                from,
+                "joined cluster: adopted its identity"
+            );
             self.tracker.mark_ok(from);
             return Ok(());
         }
@@ -283,7 +329,7 @@ impl RaftNode {
     }
 
     fn reachability_window(&self) -> Duration {
-        Duration::from_millis(self.args.election_timeout_max_ms + self.args.heartbeat_ms)
+        Duration::from_millis(self.args.election_timeout_max_ms * 2)
     }
 
     /// (reachable voters including self, voters, quorum size)
@@ -310,11 +356,22 @@ impl RaftNode {
         if let Some(leader) = metrics.current_leader
             && leader != self.id
         {
-            let addr = metrics.membership_config.membership().get_node(&leader).map(|n| n.grpc_addr.clone());
-            return NodeError::NotLeader { leader_id: Some(leader), leader_addr: addr };
+            let addr = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.grpc_addr.clone());
+            return NodeError::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: addr,
+            };
         }
         if reachable < needed {
-            NodeError::NoQuorum { reachable, voters, needed }
+            NodeError::NoQuorum {
+                reachable,
+                voters,
+                needed,
+            }
         } else {
             NodeError::NoLeader { reachable, voters }
         }
@@ -322,15 +379,20 @@ impl RaftNode {
 
     fn map_forward(&self, leader_id: Option<NodeId>, leader_node: Option<MemberNode>) -> NodeError {
         match leader_id {
-            Some(id) if id != self.id => {
-                NodeError::NotLeader { leader_id: Some(id), leader_addr: leader_node.map(|n| n.grpc_addr) }
-            }
+            Some(id) if id != self.id => NodeError::NotLeader {
+                leader_id: Some(id),
+                leader_addr: leader_node.map(|n| n.grpc_addr),
+            },
             _ => self.unavailable_error(),
         }
     }
 
     /// Validates and replicates a command; returns once applied on this (leader) node.
-    pub async fn write(&self, cmd: Command, deadline: Duration) -> Result<CommandResult, NodeError> {
+    pub async fn write(
+        &self,
+        cmd: Command,
+        deadline: Duration,
+    ) -> Result<CommandResult, NodeError> {
         let res = self.write_inner(cmd, deadline).await;
         let c = match &res {
             Ok(_) => &self.counters.writes_ok,
@@ -341,7 +403,11 @@ impl RaftNode {
         res
     }
 
-    async fn write_inner(&self, cmd: Command, deadline: Duration) -> Result<CommandResult, NodeError> {
+    async fn write_inner(
+        &self,
+        cmd: Command,
+        deadline: Duration,
+    ) -> Result<CommandResult, NodeError> {
         validate_command(&cmd)?;
         let raft = self.raft();
         if !raft.is_leader() {
@@ -388,7 +454,11 @@ impl RaftNode {
     }
 
     /// Makes a read at `level` safe; returns how it was served. Read the state machine after.
-    pub async fn linearize(&self, level: ReadLevel, deadline: Duration) -> Result<(ServedBy, Arc<KvState>), NodeError> {
+    pub async fn linearize(
+        &self,
+        level: ReadLevel,
+        deadline: Duration,
+    ) -> Result<(ServedBy, Arc<KvState>), NodeError> {
         let res = self.linearize_inner(level, deadline).await;
         let c = match &res {
             Ok((ServedBy::Lease, _)) => &self.counters.reads_lease,
@@ -425,7 +495,8 @@ impl RaftNode {
             // back to ReadIndex. The linearizer's read log id includes this term's first
             // (blank) entry, so a new leader serves nothing until that entry is committed and
             // applied.
-            let opt = LinearizerOption::new(Some(self.lease_read_window()), false).with_wait_timeout(Duration::ZERO);
+            let opt = LinearizerOption::new(Some(self.lease_read_window()), false)
+                .with_wait_timeout(Duration::ZERO);
             match core.raft.get_read_linearizer(opt).await {
                 Ok(lin) => {
                     return match lin.try_await_ready(&core.raft, Some(deadline)).await {
@@ -453,7 +524,9 @@ impl RaftNode {
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     Err(self.map_forward(f.leader_id, f.leader_node))
                 }
-                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => Err(self.unavailable_error()),
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                    Err(self.unavailable_error())
+                }
                 Err(RaftError::Fatal(e)) => Err(NodeError::Internal(e.to_string())),
             }
         };
@@ -464,12 +537,22 @@ impl RaftNode {
     }
 
     /// Bootstraps a cluster. Idempotent; refuses a different cluster id.
-    pub async fn initialize(&self, cluster_id: &str, members: Vec<(NodeId, MemberNode)>) -> Result<bool, NodeError> {
+    pub async fn initialize(
+        &self,
+        cluster_id: &str,
+        members: Vec<(NodeId, MemberNode)>,
+    ) -> Result<bool, NodeError> {
         if cluster_id.is_empty() {
-            return Err(NodeError::InvalidArgument { field: "cluster_id".into(), reason: "must not be empty".into() });
+            return Err(NodeError::InvalidArgument {
+                field: "cluster_id".into(),
+                reason: "must not be empty".into(),
+            });
         }
         if members.is_empty() {
-            return Err(NodeError::InvalidArgument { field: "members".into(), reason: "must not be empty".into() });
+            return Err(NodeError::InvalidArgument {
+                field: "members".into(),
+                reason: "must not be empty".into(),
+            });
         }
         if !members.iter().any(|(id, _)| *id == self.id) {
             return Err(NodeError::InvalidArgument {
@@ -500,7 +583,10 @@ impl RaftNode {
             )));
         }
         if mine.cluster_id.is_empty() {
-            let id = ClusterIdentity { cluster_id: cluster_id.to_string(), epoch: 1 };
+            let id = ClusterIdentity {
+                cluster_id: cluster_id.to_string(),
+                epoch: 1,
+            };
             store::write_identity(&self.db, &id).map_err(raft_err)?;
             if let Ok(mut w) = self.identity.write() {
                 w.cluster_id = id.cluster_id;
@@ -510,9 +596,15 @@ impl RaftNode {
         let raft = self.raft();
         if raft.is_initialized().await.map_err(raft_err)? {
             let metrics = raft.metrics().borrow_watched().clone();
-            let current: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+            let current: BTreeSet<NodeId> =
+                metrics.membership_config.membership().voter_ids().collect();
             let wanted: BTreeSet<NodeId> = members.iter().map(|(id, _)| *id).collect();
-            if current != wanted && metrics.membership_config.log_id().is_some_and(|l| l.index == 0) {
+            if current != wanted
+                && metrics
+                    .membership_config
+                    .log_id()
+                    .is_some_and(|l| l.index == 0)
+            {
                 return Err(NodeError::Refused(format!(
                     "node {} was initialized with voters {current:?}, not {wanted:?}",
                     self.id
@@ -537,9 +629,14 @@ impl RaftNode {
         }
     }
 
-    fn map_membership_err(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NodeError {
+    fn map_membership_err(
+        &self,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> NodeError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.map_forward(f.leader_id, f.leader_node),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.map_forward(f.leader_id, f.leader_node)
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
                 NodeError::Refused(format!("membership change refused: {c}"))
             }
@@ -548,12 +645,23 @@ impl RaftNode {
     }
 
     /// Adds (or updates the address of) a learner. Idempotent.
-    pub async fn add_learner(&self, id: NodeId, node: MemberNode, wait: bool) -> Result<(u64, bool), NodeError> {
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: MemberNode,
+        wait: bool,
+    ) -> Result<(u64, bool), NodeError> {
         if id == 0 {
-            return Err(NodeError::InvalidArgument { field: "member.id".into(), reason: "0 is reserved".into() });
+            return Err(NodeError::InvalidArgument {
+                field: "member.id".into(),
+                reason: "0 is reserved".into(),
+            });
         }
         if node.grpc_addr.is_empty() {
-            return Err(NodeError::InvalidArgument { field: "member.grpc_addr".into(), reason: "must not be empty".into() });
+            return Err(NodeError::InvalidArgument {
+                field: "member.grpc_addr".into(),
+                reason: "must not be empty".into(),
+            });
         }
         let raft = self.ensure_leader_for_admin()?;
         let metrics = raft.metrics().borrow_watched().clone();
@@ -561,7 +669,10 @@ impl RaftNode {
         if m.get_node(&id) == Some(&node) {
             return Ok((metrics.last_applied.map(|l| l.index).unwrap_or(0), false));
         }
-        let resp = raft.add_learner(id, node, wait).await.map_err(|e| self.map_membership_err(e))?;
+        let resp = raft
+            .add_learner(id, node, wait)
+            .await
+            .map_err(|e| self.map_membership_err(e))?;
         Ok((resp.log_id.index, true))
     }
 
@@ -599,7 +710,9 @@ impl RaftNode {
         if is_voter {
             let voters: BTreeSet<NodeId> = m.voter_ids().collect();
             if voters.len() == 1 {
-                return Err(NodeError::Refused(format!("node {id} is the last voter; it cannot be removed")));
+                return Err(NodeError::Refused(format!(
+                    "node {id} is the last voter; it cannot be removed"
+                )));
             }
             raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
@@ -618,7 +731,10 @@ impl RaftNode {
         let metrics = raft.metrics().borrow_watched().clone();
         let m = metrics.membership_config.membership();
         if !m.voter_ids().any(|v| v == to) {
-            return Err(NodeError::InvalidArgument { field: "to".into(), reason: format!("node {to} is not a voter") });
+            return Err(NodeError::InvalidArgument {
+                field: "to".into(),
+                reason: format!("node {to} is not a voter"),
+            });
         }
         if metrics.current_leader == Some(to) {
             return Ok(to);
@@ -633,18 +749,28 @@ impl RaftNode {
             .await;
         match waited {
             Ok(_) => Ok(to),
-            Err(e) => Err(NodeError::Internal(format!("leadership did not move to node {to}: {e}"))),
+            Err(e) => Err(NodeError::Internal(format!(
+                "leadership did not move to node {to}: {e}"
+            ))),
         }
     }
 
     /// Builds a snapshot now and returns its last included index.
     pub async fn snapshot_now(&self) -> Result<u64, NodeError> {
         let raft = self.raft();
-        let applied = raft.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0);
+        let applied = raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
         raft.trigger().snapshot().await.map_err(raft_err)?;
         let m = raft
             .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.snapshot.as_ref().map(|s| s.index).unwrap_or(0) >= applied, "snapshot built")
+            .metrics(
+                |m| m.snapshot.as_ref().map(|s| s.index).unwrap_or(0) >= applied,
+                "snapshot built",
+            )
             .await
             .map_err(raft_err)?;
         Ok(m.snapshot.map(|s| s.index).unwrap_or(0))
@@ -726,12 +852,18 @@ impl RaftNode {
 
 fn validate_key(field: &str, key: &[u8]) -> Result<(), NodeError> {
     if key.is_empty() {
-        return Err(NodeError::InvalidArgument { field: field.into(), reason: "must not be empty".into() });
+        return Err(NodeError::InvalidArgument {
+            field: field.into(),
+            reason: "must not be empty".into(),
+        });
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(NodeError::InvalidArgument {
             field: field.into(),
-            reason: format!("{} bytes exceeds the limit of {MAX_KEY_BYTES} bytes", key.len()),
+            reason: format!(
+                "{} bytes exceeds the limit of {MAX_KEY_BYTES} bytes",
+                key.len()
+            ),
         });
     }
     Ok(())
@@ -741,7 +873,10 @@ fn validate_value(field: &str, v: &[u8]) -> Result<(), NodeError> {
     if v.len() > MAX_VALUE_BYTES {
         return Err(NodeError::InvalidArgument {
             field: field.into(),
-            reason: format!("{} bytes exceeds the limit of {MAX_VALUE_BYTES} bytes", v.len()),
+            reason: format!(
+                "{} bytes exceeds the limit of {MAX_VALUE_BYTES} bytes",
+                v.len()
+            ),
         });
     }
     Ok(())
@@ -755,7 +890,11 @@ pub fn validate_command(cmd: &Command) -> Result<(), NodeError> {
             validate_value("value", value)
         }
         Command::Delete { key } => validate_key("key", key),
-        Command::Cas { key, expect, new_value } => {
+        Command::Cas {
+            key,
+            expect,
+            new_value,
+        } => {
             validate_key("key", key)?;
             if let crate::types::Expect::Value(v) = expect {
                 validate_value("expected_value", v)?;
@@ -776,7 +915,10 @@ pub fn validate_prefix(prefix: &[u8]) -> Result<(), NodeError> {
     if prefix.len() > MAX_KEY_BYTES {
         return Err(NodeError::InvalidArgument {
             field: "prefix".into(),
-            reason: format!("{} bytes exceeds the limit of {MAX_KEY_BYTES} bytes", prefix.len()),
+            reason: format!(
+                "{} bytes exceeds the limit of {MAX_KEY_BYTES} bytes",
+                prefix.len()
+            ),
         });
     }
     Ok(())

@@ -1,38 +1,35 @@
-//! Command semantics: how each replicated command changes the KV map (memory and redb).
+//! Command semantics: how each replicated command changes the in-memory KV map.
 use std::collections::BTreeMap;
-use std::io;
-
-use redb::Table;
 
 use crate::types::{Command, CommandResult, Expect};
 
 /// key -> (value, mod_revision)
 pub type KvMap = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-fn store(kv: &mut Table<&[u8], &[u8]>, key: &[u8], value: &[u8], rev: u64) -> io::Result<()> {
-    let bytes = postcard::to_stdvec(&(value, rev)).map_err(io_err)?;
-    kv.insert(key, bytes.as_slice()).map_err(io_err)?;
-    Ok(())
-}
-
 /// Applies one command at log index `index`. Deterministic: depends only on the map and command.
-pub fn apply(map: &mut KvMap, kv: &mut Table<&[u8], &[u8]>, index: u64, cmd: Command) -> io::Result<CommandResult> {
+pub fn apply(map: &mut KvMap, index: u64, cmd: Command) -> CommandResult {
     match cmd {
         Command::Put { key, value } => {
-            store(kv, &key, &value, index)?;
             let previous = map.insert(key, (value, index));
-            Ok(CommandResult { revision: index, succeeded: true, previous })
+            CommandResult {
+                revision: index,
+                succeeded: true,
+                previous,
+            }
         }
         Command::Delete { key } => {
-            kv.remove(key.as_slice()).map_err(io_err)?;
             let previous = map.remove(&key);
-            Ok(CommandResult { revision: index, succeeded: previous.is_some(), previous })
+            CommandResult {
+                revision: index,
+                succeeded: previous.is_some(),
+                previous,
+            }
         }
-        Command::Cas { key, expect, new_value } => {
+        Command::Cas {
+            key,
+            expect,
+            new_value,
+        } => {
             let current = map.get(&key).cloned();
             let holds = match (&expect, &current) {
                 (Expect::Absent, None) => true,
@@ -46,16 +43,78 @@ pub fn apply(map: &mut KvMap, kv: &mut Table<&[u8], &[u8]>, index: u64, cmd: Com
             if holds {
                 match new_value {
                     Some(v) => {
-                        store(kv, &key, &v, index)?;
                         map.insert(key, (v, index));
                     }
                     None => {
-                        kv.remove(key.as_slice()).map_err(io_err)?;
                         map.remove(&key);
                     }
                 }
             }
-            Ok(CommandResult { revision: index, succeeded: holds, previous: current })
+            CommandResult {
+                revision: index,
+                succeeded: holds,
+                previous: current,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cas_on_value_and_revision() {
+        let mut m = KvMap::new();
+        apply(
+            &mut m,
+            1,
+            Command::Put {
+                key: b"k".to_vec(),
+                value: b"a".to_vec(),
+            },
+        );
+        let r = apply(
+            &mut m,
+            2,
+            Command::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::Value(b"x".to_vec()),
+                new_value: Some(b"b".to_vec()),
+            },
+        );
+        assert!(!r.succeeded);
+        let r = apply(
+            &mut m,
+            3,
+            Command::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::ModRevision(1),
+                new_value: Some(b"b".to_vec()),
+            },
+        );
+        assert!(r.succeeded);
+        assert_eq!(m.get(b"k".as_slice()).unwrap(), &(b"b".to_vec(), 3));
+        let r = apply(
+            &mut m,
+            4,
+            Command::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::Absent,
+                new_value: None,
+            },
+        );
+        assert!(!r.succeeded);
+        let r = apply(
+            &mut m,
+            5,
+            Command::Cas {
+                key: b"k".to_vec(),
+                expect: Expect::ModRevision(3),
+                new_value: None,
+            },
+        );
+        assert!(r.succeeded && !m.contains_key(b"k".as_slice()));
     }
 }

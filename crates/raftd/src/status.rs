@@ -3,8 +3,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openraft::ServerState;
 use openraft::Instant as _;
+use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use raft_proto::pb;
 
@@ -58,7 +58,11 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             grpc_addr: n.grpc_addr.clone(),
             http_addr: n.http_addr.clone(),
             match_index,
-            lag: if is_leader && known { leader_last.saturating_sub(match_index) } else { 0 },
+            lag: if is_leader && known {
+                leader_last.saturating_sub(match_index)
+            } else {
+                0
+            },
             healthy,
             match_known: is_leader && known,
         });
@@ -68,8 +72,8 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
     } else {
         None
     };
-    let lease_valid = is_leader
-        && (voters.len() <= 1 || since_ack.is_some_and(|d| d < node.lease_read_window()));
+    let lease_valid =
+        is_leader && (voters.len() <= 1 || since_ack.is_some_and(|d| d < node.lease_read_window()));
     let ident = node.cluster_identity();
     let (reachable, nvoters, quorum) = node.reachability();
     let leader_grpc_addr = m
@@ -144,10 +148,16 @@ pub fn ready(s: &pb::StatusResponse) -> Result<(), String> {
         return Err("not initialized".into());
     }
     if !s.has_leader {
-        return Err(format!("no leader ({} of {} voters reachable, {} needed)", s.reachable_voters, s.voters, s.quorum));
+        return Err(format!(
+            "no leader ({} of {} voters reachable, {} needed)",
+            s.reachable_voters, s.voters, s.quorum
+        ));
     }
     if s.applied_index < s.commit_index {
-        return Err(format!("catching up: applied {} of committed {}", s.applied_index, s.commit_index));
+        return Err(format!(
+            "catching up: applied {} of committed {}",
+            s.applied_index, s.commit_index
+        ));
     }
     Ok(())
 }
@@ -157,31 +167,87 @@ pub fn metrics_text(node: &RaftNode, s: &pb::StatusResponse) -> String {
     let mut out = String::new();
     let c = &node.counters;
     let mut gauge = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP raftd_{name} {help}\n# TYPE raftd_{name} gauge\nraftd_{name}{{node=\"{}\"}} {v}", node.id);
+        let _ = writeln!(
+            out,
+            "# HELP raftd_{name} {help}\n# TYPE raftd_{name} gauge\nraftd_{name}{{node=\"{}\"}} {v}",
+            node.id
+        );
     };
     gauge("term", "Current Raft term.", s.term);
-    gauge("is_leader", "1 if this node is the leader.", u64::from(s.role == "leader"));
-    gauge("has_leader", "1 if a leader is known.", u64::from(s.has_leader));
+    gauge(
+        "is_leader",
+        "1 if this node is the leader.",
+        u64::from(s.role == "leader"),
+    );
+    gauge(
+        "has_leader",
+        "1 if a leader is known.",
+        u64::from(s.has_leader),
+    );
     gauge("commit_index", "Committed log index.", s.commit_index);
     gauge("applied_index", "Applied log index.", s.applied_index);
     gauge("last_log_index", "Last log index.", s.last_log_index);
     gauge("snapshot_index", "Last snapshot index.", s.snapshot_index);
     gauge("voters", "Voters in the membership.", u64::from(s.voters));
-    gauge("reachable_voters", "Voters reachable from this node (incl. itself).", u64::from(s.reachable_voters));
-    gauge("lease_valid", "1 if this leader's read lease is valid.", u64::from(s.lease_valid));
+    gauge(
+        "reachable_voters",
+        "Voters reachable from this node (incl. itself).",
+        u64::from(s.reachable_voters),
+    );
+    gauge(
+        "lease_valid",
+        "1 if this leader's read lease is valid.",
+        u64::from(s.lease_valid),
+    );
     gauge("epoch", "Cluster epoch.", s.epoch);
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP raftd_{name} {help}\n# TYPE raftd_{name} counter\nraftd_{name}{{node=\"{}\"}} {v}", node.id);
+        let _ = writeln!(
+            out,
+            "# HELP raftd_{name} {help}\n# TYPE raftd_{name} counter\nraftd_{name}{{node=\"{}\"}} {v}",
+            node.id
+        );
     };
     let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     counter("writes_ok_total", "Writes applied.", ld(&c.writes_ok));
-    counter("writes_not_applied_total", "Writes rejected before being proposed.", ld(&c.writes_not_applied));
-    counter("writes_outcome_unknown_total", "Writes proposed whose outcome is unknown.", ld(&c.writes_unknown));
-    counter("reads_lease_total", "Reads served under the leader lease.", ld(&c.reads_lease));
-    counter("reads_read_index_total", "Reads served by ReadIndex.", ld(&c.reads_read_index));
-    counter("reads_stale_total", "Stale (local) reads.", ld(&c.reads_stale));
-    counter("reads_failed_total", "Reads that failed.", ld(&c.reads_failed));
-    counter("step_downs_total", "Leader step-downs after quorum loss.", ld(&c.step_downs));
-    counter("peer_refusals_total", "Peer RPCs refused for a cluster id or epoch mismatch.", ld(&c.peer_refusals));
+    counter(
+        "writes_not_applied_total",
+        "Writes rejected before being proposed.",
+        ld(&c.writes_not_applied),
+    );
+    counter(
+        "writes_outcome_unknown_total",
+        "Writes proposed whose outcome is unknown.",
+        ld(&c.writes_unknown),
+    );
+    counter(
+        "reads_lease_total",
+        "Reads served under the leader lease.",
+        ld(&c.reads_lease),
+    );
+    counter(
+        "reads_read_index_total",
+        "Reads served by ReadIndex.",
+        ld(&c.reads_read_index),
+    );
+    counter(
+        "reads_stale_total",
+        "Stale (local) reads.",
+        ld(&c.reads_stale),
+    );
+    counter(
+        "reads_failed_total",
+        "Reads that failed.",
+        ld(&c.reads_failed),
+    );
+    counter(
+        "step_downs_total",
+        "Leader step-downs after quorum loss.",
+        ld(&c.step_downs),
+    );
+    counter(
+        "peer_refusals_total",
+        "Peer RPCs refused for a cluster id or epoch mismatch.",
+        ld(&c.peer_refusals),
+    );
     out
 }

@@ -1,31 +1,31 @@
 //! Durable storage on redb: the Raft log store, the KV state machine, and cluster identity.
 //!
-//! One redb database holds every table. Log appends and vote saves commit with
-//! `Durability::Immediate` (fsync before openraft is told the IO is done). State-machine applies
-//! commit with `Durability::None`: redb makes them durable with the next immediate commit, and
-//! if a crash loses one, the applied index rolls back in the same transaction, so openraft
-//! re-applies those entries from the (durable) log. The committed log id is saved too, so a
-//! restarted node re-applies up to it before serving reads.
+//! The log is the source of durability: appends are group-committed by a writer thread with
+//! `Durability::Immediate` (fsync) before openraft is told they are flushed, and the vote is
+//! fsynced before `save_vote` returns. The state machine is in memory; snapshots of it are
+//! persisted in redb, and on restart the state is rebuilt from the last snapshot plus the log.
+//! An acknowledged write was fsynced on a quorum's logs, so it survives `kill -9` of every node.
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::state_machine::{self, KvMap};
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use crate::types::{
+    CommandResult, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 
@@ -49,7 +49,6 @@ pub fn open_database(dir: &Path) -> io::Result<Arc<Database>> {
     {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(LOG_META).map_err(io_err)?;
-        txn.open_table(KV).map_err(io_err)?;
         txn.open_table(SM_META).map_err(io_err)?;
         txn.open_table(CLUSTER).map_err(io_err)?;
     }
@@ -106,20 +105,144 @@ pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
 
 // ------------------------------------------------------------------------------- log store
 
+/// A write other than an append, run by the writer thread in its own transaction.
+type OrderedWrite = Box<dyn FnOnce(&Database) -> io::Result<()> + Send>;
+
+/// One queued log-store write, executed in order by the writer thread.
+enum WriteOp {
+    /// Entries to append; `callback` fires once they are fsynced.
+    Append(Vec<(LogId, Vec<u8>)>, IOFlushed<TypeConfig>),
+    /// Any other write, run in its own transaction; the result is sent back.
+    Other(OrderedWrite, tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
 /// The Raft log on redb. Cloned for log readers; all clones share the database.
+///
+/// `append` returns as soon as the entries are queued (and visible to readers through an
+/// in-memory cache); a writer thread group-commits queued appends in one fsynced transaction
+/// and then reports them flushed. With openraft's `broadcast_submitted_on_append`, the leader
+/// replicates entries while its own fsync is still running, so leader and follower fsyncs
+/// overlap instead of adding up.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Entries queued but not yet committed to redb, by index.
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// Latest committed log id not yet written; the next append transaction writes it.
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+    tx: std::sync::mpsc::Sender<WriteOp>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+    rx: std::sync::mpsc::Receiver<WriteOp>,
+) {
+    let mut next: Option<WriteOp> = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        match op {
+            WriteOp::Other(f, done) => {
+                let _ = done.send(f(&db));
+            }
+            WriteOp::Append(first, cb) => {
+                // Group commit: take every append already queued behind this one.
+                let mut batch = vec![(first, cb)];
+                while let Ok(op) = rx.try_recv() {
+                    match op {
+                        WriteOp::Append(e, cb) => batch.push((e, cb)),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let res = (|| -> io::Result<()> {
+                    let txn = db.begin_write().map_err(io_err)?;
+                    {
+                        let mut t = txn.open_table(LOG).map_err(io_err)?;
+                        for (entries, _) in &batch {
+                            for (log_id, bytes) in entries {
+                                t.insert(log_id.index, bytes.as_slice()).map_err(io_err)?;
+                            }
+                        }
+                        if let Some(c) = lock(&committed).take() {
+                            let mut m = txn.open_table(LOG_META).map_err(io_err)?;
+                            m.insert("committed", encode(&c)?.as_slice())
+                                .map_err(io_err)?;
+                        }
+                    }
+                    txn.commit().map_err(io_err)
+                })();
+                if res.is_ok() {
+                    let mut p = lock(&pending);
+                    for (entries, _) in &batch {
+                        for (log_id, _) in entries {
+                            // Keep a newer entry that replaced this one after a truncation.
+                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(&log_id.index);
+                            }
+                        }
+                    }
+                }
+                for (_, cb) in batch {
+                    match &res {
+                        Ok(()) => cb.io_completed(Ok(())),
+                        Err(e) => cb.io_completed(Err(io::Error::other(e.to_string()))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let committed = Arc::new(Mutex::new(None));
+        let (d, p, c) = (db.clone(), pending.clone(), committed.clone());
+        std::thread::Builder::new()
+            .name("raftd-log-writer".into())
+            .spawn(move || writer_loop(d, p, c, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log writer thread"));
+        Self {
+            db,
+            pending,
+            committed,
+            tx,
+        }
+    }
+
+    /// Runs `f` on the writer thread after every queued append, and waits for it.
+    async fn write_ordered(
+        &self,
+        f: impl FnOnce(&Database) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteOp::Other(Box::new(f), done))
+            .map_err(|_| io::Error::other("log writer thread stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("log writer thread stopped"))?
     }
 
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let t = txn.open_table(LOG).map_err(io_err)?;
         let start = match range.start_bound() {
             Bound::Included(s) => *s,
             Bound::Excluded(s) => s.saturating_add(1),
@@ -130,27 +253,34 @@ impl LogStore {
             Bound::Excluded(e) => Bound::Excluded(*e),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out = Vec::new();
-        let iter = match end {
-            Bound::Included(e) => {
-                if e < start {
-                    return Ok(out);
-                }
-                t.range(start..=e).map_err(io_err)?
-            }
-            Bound::Excluded(e) => {
-                if e <= start {
-                    return Ok(out);
-                }
-                t.range(start..e).map_err(io_err)?
-            }
-            Bound::Unbounded => t.range(start..).map_err(io_err)?,
+        let empty = match end {
+            Bound::Included(e) => e < start,
+            Bound::Excluded(e) => e <= start,
+            Bound::Unbounded => false,
         };
-        for item in iter {
-            let (_, v) = item.map_err(io_err)?;
-            out.push(decode::<Entry>(v.value())?);
+        if empty {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // Snapshot the pending entries first: an entry leaves `pending` only after it is
+        // committed, so reading redb afterwards cannot miss it.
+        let cached: Vec<Entry> = lock(&self.pending)
+            .range((Bound::Included(start), end))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let t = txn.open_table(LOG).map_err(io_err)?;
+        for item in t
+            .range::<u64>((Bound::Included(start), end))
+            .map_err(io_err)?
+        {
+            let (k, v) = item.map_err(io_err)?;
+            out.insert(k.value(), decode::<Entry>(v.value())?);
+        }
+        for e in cached {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -172,14 +302,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = get_meta(&self.db, LOG_META, "last_purged")?;
+        let cached_last = lock(&self.pending).values().next_back().map(|e| e.log_id);
         let txn = self.db.begin_read().map_err(io_err)?;
         let t = txn.open_table(LOG).map_err(io_err)?;
-        let last = match t.last().map_err(io_err)? {
+        let stored_last = match t.last().map_err(io_err)? {
             Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
             None => None,
         };
+        let last = match (cached_last, stored_last) {
+            (Some(c), Some(s)) => Some(if c.index >= s.index { c } else { s }),
+            (c, s) => c.or(s),
+        };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }
@@ -189,68 +324,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let db = self.db.clone();
-        let vote = vote.clone();
-        tokio::task::spawn_blocking(move || put_meta_durable(&db, LOG_META, "vote", &vote))
+        let vote = *vote;
+        self.write_ordered(move |db| put_meta_durable(db, LOG_META, "vote", &vote))
             .await
-            .map_err(io_err)?
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not fsynced on its own: it becomes durable with the next log append. A lost update
-        // only means re-applying fewer entries at startup, never applying uncommitted ones.
-        let bytes = encode(&committed)?;
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::None).map_err(io_err)?;
-        {
-            let mut t = txn.open_table(LOG_META).map_err(io_err)?;
-            t.insert("committed", bytes.as_slice()).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
+        // Written with the next (fsynced) append. A lost update only means re-applying fewer
+        // entries at startup; a leader's commit brings the rest, never uncommitted entries.
+        *lock(&self.committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(c) = *lock(&self.committed) {
+            return Ok(c);
+        }
         Ok(get_meta::<Option<LogId>>(&self.db, LOG_META, "committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
-        for e in entries {
-            encoded.push((e.log_id.index, encode(&e)?));
-        }
-        let db = self.db.clone();
-        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let txn = db.begin_write().map_err(io_err)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(io_err)?;
-                for (idx, bytes) in &encoded {
-                    t.insert(*idx, bytes.as_slice()).map_err(io_err)?;
-                }
-            }
-            txn.commit().map_err(io_err)
-        })
-        .await
-        .map_err(io_err)?;
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::other(e.to_string())));
-                Err(e)
+        {
+            let mut p = lock(&self.pending);
+            for e in entries {
+                encoded.push((e.log_id, encode(&e)?));
+                p.insert(e.log_id.index, e);
             }
         }
+        self.tx
+            .send(WriteOp::Append(encoded, callback))
+            .map_err(|_| io::Error::other("log writer thread stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        {
+            let mut p = lock(&self.pending);
+            let _ = p.split_off(&from);
+        }
+        self.write_ordered(move |db| {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io_err)?;
@@ -259,12 +380,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(io_err)
         })
         .await
-        .map_err(io_err)?
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        self.write_ordered(move |db| {
             let bytes = encode(&log_id)?;
             let txn = db.begin_write().map_err(io_err)?;
             {
@@ -275,24 +394,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(io_err)
         })
-        .await
-        .map_err(io_err)?
+        .await?;
+        let mut p = lock(&self.pending);
+        let keep = p.split_off(&(log_id.index + 1));
+        *p = keep;
+        Ok(())
     }
 }
 
 // ---------------------------------------------------------------------------- state machine
 
-/// The KV data readers see: an in-memory copy of the `kv` table plus the applied index.
+/// The KV data readers see (in memory), the applied log id and the applied membership.
 #[derive(Default)]
 pub struct KvState {
     pub data: RwLock<KvMap>,
     pub applied_index: AtomicU64,
     pub applied_term: AtomicU64,
+    meta: Mutex<(Option<LogId>, StoredMembership)>,
 }
 
 impl KvState {
     pub fn applied(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    fn set_applied(&self, applied: Option<LogId>, membership: Option<StoredMembership>) {
+        let mut m = lock(&self.meta);
+        if let Some(a) = applied {
+            self.applied_term.store(a.leader_id.term, Ordering::Release);
+            self.applied_index.store(a.index, Ordering::Release);
+            m.0 = Some(a);
+        }
+        if let Some(mem) = membership {
+            m.1 = mem;
+        }
     }
 }
 
@@ -307,56 +442,63 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The replicated KV state machine: applies committed commands to redb and to `KvState`.
+/// The replicated KV state machine. It lives in memory and applies without touching disk;
+/// durability comes from the fsynced log plus snapshots persisted in redb. At startup the last
+/// snapshot is loaded and openraft re-applies the log from there up to the saved committed id
+/// (and the rest once a leader confirms the commit).
 pub struct StateMachineStore {
     db: Arc<Database>,
     pub state: Arc<KvState>,
-    snapshot_seq: u64,
+}
+
+fn decode_snapshot(bytes: &[u8]) -> io::Result<KvMap> {
+    let payload: SnapshotPayload = decode(bytes)?;
+    Ok(payload
+        .data
+        .into_iter()
+        .map(|(k, v, r)| (k, (v, r)))
+        .collect())
 }
 
 impl StateMachineStore {
-    /// Loads the state machine from the database (the in-memory map is rebuilt from the kv table).
+    /// Loads the state machine from the last persisted snapshot (empty if none).
     pub fn open(db: Arc<Database>) -> io::Result<Self> {
         let state = Arc::new(KvState::default());
-        {
-            let txn = db.begin_read().map_err(io_err)?;
-            let t = txn.open_table(KV).map_err(io_err)?;
-            let mut map = BTreeMap::new();
-            for item in t.iter().map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                let (value, rev): (Vec<u8>, u64) = decode(v.value())?;
-                map.insert(k.value().to_vec(), (value, rev));
-            }
-            *state.data.write().map_err(io_err)? = map;
+        if let Some(stored) = get_meta::<StoredSnapshot>(&db, SM_META, "snapshot")? {
+            *state.data.write().map_err(io_err)? = decode_snapshot(&stored.data)?;
+            state.set_applied(stored.meta.last_log_id, Some(stored.meta.last_membership));
         }
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&db, SM_META, "applied")?.flatten();
-        if let Some(a) = &applied {
-            state.applied_index.store(a.index, Ordering::Release);
-            state.applied_term.store(a.leader_id.term, Ordering::Release);
-        }
-        Ok(Self { db, state, snapshot_seq: 0 })
+        Ok(Self { db, state })
     }
 
-    fn build_snapshot_now(&mut self) -> io::Result<Snapshot> {
-        let (applied, membership) = self.applied_state_sync()?;
-        let data = {
+    fn build_snapshot_now(&self) -> io::Result<Snapshot> {
+        let (meta, data) = {
+            // Hold the data lock so the applied id and the data match.
             let map = self.state.data.read().map_err(io_err)?;
+            let (applied, membership) = lock(&self.state.meta).clone();
             let payload = SnapshotPayload {
-                data: map.iter().map(|(k, (v, r))| (k.clone(), v.clone(), *r)).collect(),
+                data: map
+                    .iter()
+                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+                    .collect(),
             };
-            encode(&payload)?
+            (
+                SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                },
+                encode(&payload)?,
+            )
         };
-        self.snapshot_seq += 1;
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         put_meta_durable(&self.db, SM_META, "snapshot", &stored)?;
-        Ok(Snapshot { meta, snapshot: data })
-    }
-
-    fn applied_state_sync(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&self.db, SM_META, "applied")?.flatten();
-        let membership: StoredMembership = get_meta(&self.db, SM_META, "membership")?.unwrap_or_default();
-        Ok((applied, membership))
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -364,7 +506,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        self.build_snapshot_now()
+        let this = StateMachineStore {
+            db: self.db.clone(),
+            state: self.state.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.build_snapshot_now())
+            .await
+            .map_err(io_err)?
     }
 }
 
@@ -373,7 +521,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        self.applied_state_sync()
+        Ok(lock(&self.state.meta).clone())
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -384,56 +532,37 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some(item) = entries.next().await {
             batch.push(item?);
         }
-        let txn = {
-            let mut txn = self.db.begin_write().map_err(io_err)?;
-            txn.set_durability(Durability::None).map_err(io_err)?;
-            txn
-        };
         let mut responders = Vec::new();
         let mut last_applied = None;
         let mut last_membership = None;
         {
-            let mut kv = txn.open_table(KV).map_err(io_err)?;
             let mut map = self.state.data.write().map_err(io_err)?;
             for (entry, responder) in batch {
                 let index = entry.log_id.index;
                 let result = match entry.payload {
-                    EntryPayload::Blank => CommandResultOrNone::None,
-                    EntryPayload::Normal(cmd) => {
-                        CommandResultOrNone::Some(state_machine::apply(&mut map, &mut kv, index, cmd)?)
-                    }
+                    EntryPayload::Normal(cmd) => state_machine::apply(&mut map, index, cmd),
                     EntryPayload::Membership(m) => {
-                        last_membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m));
-                        CommandResultOrNone::None
-                    }
-                };
-                last_applied = Some(entry.log_id.clone());
-                if let Some(r) = responder {
-                    let res = match result {
-                        CommandResultOrNone::Some(r) => r,
-                        CommandResultOrNone::None => crate::types::CommandResult {
+                        last_membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        CommandResult {
                             revision: index,
                             succeeded: true,
                             previous: None,
-                        },
-                    };
-                    responders.push((r, res));
+                        }
+                    }
+                    EntryPayload::Blank => CommandResult {
+                        revision: index,
+                        succeeded: true,
+                        previous: None,
+                    },
+                };
+                last_applied = Some(entry.log_id);
+                if let Some(r) = responder {
+                    responders.push((r, result));
                 }
             }
-        }
-        {
-            let mut meta = txn.open_table(SM_META).map_err(io_err)?;
-            if let Some(a) = &last_applied {
-                meta.insert("applied", encode(&Some(a.clone()))?.as_slice()).map_err(io_err)?;
-            }
-            if let Some(m) = &last_membership {
-                meta.insert("membership", encode(m)?.as_slice()).map_err(io_err)?;
-            }
-        }
-        txn.commit().map_err(io_err)?;
-        if let Some(a) = &last_applied {
-            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
-            self.state.applied_index.store(a.index, Ordering::Release);
+            // Publish the applied index while still holding the data lock, so a reader that
+            // sees the data also sees an applied index covering it.
+            self.state.set_applied(last_applied, last_membership);
         }
         for (r, res) in responders {
             r.send(res);
@@ -442,42 +571,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachineStore { db: self.db.clone(), state: self.state.clone(), snapshot_seq: self.snapshot_seq }
+        StateMachineStore {
+            db: self.db.clone(),
+            state: self.state.clone(),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let payload: SnapshotPayload = decode(&snapshot)?;
-        let mut map = BTreeMap::new();
-        let txn = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(io_err)?;
-            kv.retain(|_, _| false).map_err(io_err)?;
-            for (k, v, r) in payload.data {
-                kv.insert(k.as_slice(), encode(&(v.clone(), r))?.as_slice()).map_err(io_err)?;
-                map.insert(k, (v, r));
-            }
-            let mut m = txn.open_table(SM_META).map_err(io_err)?;
-            m.insert("applied", encode(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
-            m.insert("membership", encode(&meta.last_membership)?.as_slice()).map_err(io_err)?;
-            let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
-            m.insert("snapshot", encode(&stored)?.as_slice()).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)?;
-        *self.state.data.write().map_err(io_err)? = map;
-        if let Some(a) = &meta.last_log_id {
-            self.state.applied_term.store(a.leader_id.term, Ordering::Release);
-            self.state.applied_index.store(a.index, Ordering::Release);
-        }
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let map = decode_snapshot(&snapshot)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || put_meta_durable(&db, SM_META, "snapshot", &stored))
+            .await
+            .map_err(io_err)??;
+        let mut data = self.state.data.write().map_err(io_err)?;
+        *data = map;
+        self.state
+            .set_applied(meta.last_log_id, Some(meta.last_membership.clone()));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let stored: Option<StoredSnapshot> = get_meta(&self.db, SM_META, "snapshot")?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: s.data,
+        }))
     }
-}
-
-enum CommandResultOrNone {
-    Some(crate::types::CommandResult),
-    None,
 }

@@ -33,15 +33,29 @@ pub enum Expect {
 /// `apply` in `state_machine.rs` is the single place that interprets them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Cas { key: Vec<u8>, expect: Expect, new_value: Option<Vec<u8>> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expect: Expect,
+        new_value: Option<Vec<u8>>,
+    },
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => write!(f, "put({} bytes key, {} bytes value)", key.len(), value.len()),
+            Command::Put { key, value } => write!(
+                f,
+                "put({} bytes key, {} bytes value)",
+                key.len(),
+                value.len()
+            ),
             Command::Delete { key } => write!(f, "delete({} bytes key)", key.len()),
             Command::Cas { key, .. } => write!(f, "cas({} bytes key)", key.len()),
         }

@@ -7,46 +7,64 @@ use std::time::{Duration, Instant};
 use raft_proto::{Consistency, ErrorKind, RaftClient};
 
 async fn elect_replicate_failover(n: usize) {
-    let (guard, _dir) = common::up(&format!("failover{n}"), n, &[]).await;
-    let mut c = guard.0.clone();
+    let (_serial, _dir, mut guard) = common::up(&format!("failover{n}"), n, &[]).await;
+    let c = &mut guard.0;
     let client = c.client().unwrap();
     for i in 0..20 {
-        client.put(format!("k{i}").as_bytes(), b"v1").await.expect("put");
+        common::put_retry(&client, format!("k{i}").as_bytes(), b"v1").await;
     }
-    let last = client.put(b"last", b"x").await.unwrap().revision;
+    let last = common::put_retry(&client, b"last", b"x").await;
     // Every node replicates and applies the writes.
     let start = Instant::now();
     for node in c.nodes.clone() {
-        let nc = common::node_client(&c, node.id);
+        let nc = common::node_client(c, node.id);
         loop {
             let r = nc.get(b"last", Consistency::Stale).await.unwrap();
             if r.found && r.revision >= last {
                 assert_eq!(r.value, b"x");
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "node {} did not replicate", node.id);
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node {} did not replicate",
+                node.id
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let old = common::leader(&c, Duration::from_secs(5)).await.expect("leader");
+    let old = common::leader(c, Duration::from_secs(5))
+        .await
+        .expect("leader");
     let killed_at = Instant::now();
     c.kill(old).unwrap();
     let client = c.client().unwrap();
-    let put = client.put(b"after-failover", b"y").await.expect("put after failover");
+    // A write sent on a connection the dead leader reset has an unknown outcome; the test
+    // retries (idempotent put) and reports the time until the first acknowledged write.
+    let put_revision = common::put_retry(&client, b"after-failover", b"y").await;
     let served_after = killed_at.elapsed();
-    let new = common::leader(&c, Duration::from_secs(5)).await.expect("new leader");
+    let new = common::leader(c, Duration::from_secs(5))
+        .await
+        .expect("new leader");
     assert_ne!(new, old);
-    println!("{n} nodes: leader {old} killed; new leader {new} served a write after {served_after:?}");
-    let g = client.get(b"after-failover", Consistency::Linearizable).await.unwrap();
+    println!(
+        "{n} nodes: leader {old} killed; new leader {new} served a write after {served_after:?}"
+    );
+    let g = client
+        .get(b"after-failover", Consistency::Linearizable)
+        .await
+        .unwrap();
     assert_eq!(g.value, b"y");
-    assert!(g.revision >= put.revision);
+    assert!(g.revision >= put_revision);
     for i in 0..20 {
-        let g = client.get(format!("k{i}").as_bytes(), Consistency::ReadIndex).await.unwrap();
+        let g = client
+            .get(format!("k{i}").as_bytes(), Consistency::ReadIndex)
+            .await
+            .unwrap();
         assert!(g.found, "acknowledged write k{i} lost after failover");
     }
     // The killed node restarts and catches up.
     c.restart(old).unwrap();
-    let nc = common::node_client(&c, old);
+    let nc = common::node_client(c, old);
     let start = Instant::now();
     loop {
         if let Ok(r) = nc.get(b"after-failover", Consistency::Stale).await
@@ -54,11 +72,12 @@ async fn elect_replicate_failover(n: usize) {
         {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "restarted node {old} did not catch up");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "restarted node {old} did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(guard);
-    c.down().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +92,7 @@ async fn five_nodes_elect_replicate_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_api_semantics() {
-    let (guard, _dir) = common::up("kvapi", 3, &[]).await;
+    let (_serial, _dir, guard) = common::up("kvapi", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let p1 = client.put(b"a/1", b"one").await.unwrap();
@@ -81,38 +100,80 @@ async fn kv_api_semantics() {
     client.put(b"b/1", b"other").await.unwrap();
     assert!(p2.revision > p1.revision);
     let g = client.get(b"a/1", Consistency::Linearizable).await.unwrap();
-    assert_eq!((g.found, g.value.as_slice(), g.mod_revision), (true, &b"one"[..], p1.revision));
+    assert_eq!(
+        (g.found, g.value.as_slice(), g.mod_revision),
+        (true, &b"one"[..], p1.revision)
+    );
     assert!(g.revision >= p2.revision);
-    for lvl in [Consistency::Lease, Consistency::ReadIndex, Consistency::Stale] {
+    for lvl in [
+        Consistency::Lease,
+        Consistency::ReadIndex,
+        Consistency::Stale,
+    ] {
         let g = client.get(b"a/2", lvl).await.unwrap();
         assert_eq!(g.value, b"two");
         assert_eq!(g.stale, lvl == Consistency::Stale);
     }
-    let l = client.list(b"a/", 0, Consistency::Linearizable).await.unwrap();
-    assert_eq!(l.items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(), vec![b"a/1".to_vec(), b"a/2".to_vec()]);
+    let l = client
+        .list(b"a/", 0, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(),
+        vec![b"a/1".to_vec(), b"a/2".to_vec()]
+    );
     // CAS on value.
-    let cas = |exp: raft_proto::pb::cas_request::Expected, newv: &[u8]| raft_proto::pb::CasRequest {
-        key: b"a/1".to_vec(),
-        expected: Some(exp),
-        new_value: newv.to_vec(),
-        delete: false,
-    };
+    let cas =
+        |exp: raft_proto::pb::cas_request::Expected, newv: &[u8]| raft_proto::pb::CasRequest {
+            key: b"a/1".to_vec(),
+            expected: Some(exp),
+            new_value: newv.to_vec(),
+            delete: false,
+        };
     use raft_proto::pb::cas_request::Expected;
-    let r = client.cas(cas(Expected::ExpectedValue(b"nope".to_vec()), b"x")).await.unwrap();
+    let r = client
+        .cas(cas(Expected::ExpectedValue(b"nope".to_vec()), b"x"))
+        .await
+        .unwrap();
     assert!(!r.succeeded);
     assert_eq!(r.current_value, b"one");
-    let r = client.cas(cas(Expected::ExpectedValue(b"one".to_vec()), b"uno")).await.unwrap();
+    let r = client
+        .cas(cas(Expected::ExpectedValue(b"one".to_vec()), b"uno"))
+        .await
+        .unwrap();
     assert!(r.succeeded);
     // CAS on revision.
     let stale_rev = p1.revision;
-    let r = client.cas(cas(Expected::ExpectedModRevision(stale_rev), b"x")).await.unwrap();
+    let r = client
+        .cas(cas(Expected::ExpectedModRevision(stale_rev), b"x"))
+        .await
+        .unwrap();
     assert!(!r.succeeded, "CAS with an old mod revision must fail");
     let cur = client.get(b"a/1", Consistency::Linearizable).await.unwrap();
-    let r = client.cas(cas(Expected::ExpectedModRevision(cur.mod_revision), b"dos")).await.unwrap();
+    let r = client
+        .cas(cas(Expected::ExpectedModRevision(cur.mod_revision), b"dos"))
+        .await
+        .unwrap();
     assert!(r.succeeded);
-    let r = client.cas(raft_proto::pb::CasRequest { key: b"new".to_vec(), expected: Some(Expected::ExpectAbsent(true)), new_value: b"n".to_vec(), delete: false }).await.unwrap();
+    let r = client
+        .cas(raft_proto::pb::CasRequest {
+            key: b"new".to_vec(),
+            expected: Some(Expected::ExpectAbsent(true)),
+            new_value: b"n".to_vec(),
+            delete: false,
+        })
+        .await
+        .unwrap();
     assert!(r.succeeded);
-    let r = client.cas(raft_proto::pb::CasRequest { key: b"new".to_vec(), expected: Some(Expected::ExpectAbsent(true)), new_value: b"n".to_vec(), delete: false }).await.unwrap();
+    let r = client
+        .cas(raft_proto::pb::CasRequest {
+            key: b"new".to_vec(),
+            expected: Some(Expected::ExpectAbsent(true)),
+            new_value: b"n".to_vec(),
+            delete: false,
+        })
+        .await
+        .unwrap();
     assert!(!r.succeeded);
     let d = client.delete(b"a/1").await.unwrap();
     assert!(d.deleted);
@@ -122,7 +183,7 @@ async fn kv_api_semantics() {
     // A follower redirects: a client that only knows a follower still gets served via the hint.
     let leader = common::leader(&c, Duration::from_secs(5)).await.unwrap();
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
-    let all = RaftClient::new(&[follower.grpc_addr.clone()]).unwrap();
+    let all = RaftClient::new(std::slice::from_ref(&follower.grpc_addr)).unwrap();
     let e = all.put(b"via-follower", b"1").await;
     // The client only knows the follower's address but follows the leader hint.
     assert!(e.is_ok(), "put via follower hint: {e:?}");
@@ -130,48 +191,125 @@ async fn kv_api_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
-    let (guard, _dir) = common::up("malformed", 3, &[]).await;
+    let (_serial, _dir, guard) = common::up("malformed", 3, &[]).await;
     let c = guard.0.clone();
     let client = c.client().unwrap();
     let big_key = vec![b'k'; 5000];
     let e = client.put(&big_key, b"v").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
-    assert!(e.message.contains("key") && e.message.contains("exceeds"), "{e}");
+    assert!(
+        e.message.contains("key") && e.message.contains("exceeds"),
+        "{e}"
+    );
     let big_val = vec![0u8; 2 * 1024 * 1024];
     let e = client.put(b"k", &big_val).await.unwrap_err();
-    assert!(e.kind == ErrorKind::InvalidArgument || e.message.contains("message length"), "{e:?}");
+    assert!(
+        e.kind == ErrorKind::InvalidArgument || e.message.contains("message length"),
+        "{e:?}"
+    );
     let e = client.put(b"", b"v").await.unwrap_err();
     assert!(e.message.contains("key: must not be empty"), "{e}");
     // Unknown member ids in admin calls.
     let e = client.promote_voter(42).await.unwrap_err();
-    assert!(e.message.contains("42") && e.message.contains("not a member"), "{e}");
+    assert!(
+        e.message.contains("42") && e.message.contains("not a member"),
+        "{e}"
+    );
     let e = client.transfer_leader(42).await.unwrap_err();
     assert!(e.message.contains("not a voter"), "{e}");
     // Garbage bytes on the peer (gRPC) port of every node.
     for n in &c.nodes {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::TcpStream::connect(&n.grpc_addr).await.unwrap();
-        let _ = s.write_all(b"\x00\xffGARBAGE this is not http2\r\n\r\n").await;
+        let _ = s
+            .write_all(b"\x00\xffGARBAGE this is not http2\r\n\r\n")
+            .await;
         let _ = s.write_all(&[0x5a; 4096]).await;
         drop(s);
     }
     // A well-formed gRPC peer call with an undecodable payload, and one from another cluster.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].grpc_addr)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut peer = raft_proto::pb::raft_peer_client::RaftPeerClient::new(ch);
     let st = peer
-        .append_entries(raft_proto::pb::PeerRequest { cluster_id: c.cluster_id.clone(), from: 2, payload: vec![0xff; 64], epoch: 1 })
+        .append_entries(raft_proto::pb::PeerRequest {
+            cluster_id: c.cluster_id.clone(),
+            from: 2,
+            payload: vec![0xff; 64],
+            epoch: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
     assert!(st.message().contains("payload"), "{}", st.message());
     let st = peer
-        .vote(raft_proto::pb::PeerRequest { cluster_id: "some-other-cluster".into(), from: 9, payload: vec![], epoch: 1 })
+        .vote(raft_proto::pb::PeerRequest {
+            cluster_id: "some-other-cluster".into(),
+            from: 9,
+            payload: vec![],
+            epoch: 1,
+        })
         .await
         .unwrap_err();
-    assert!(st.message().contains("cluster id mismatch"), "{}", st.message());
+    assert!(
+        st.message().contains("cluster id mismatch"),
+        "{}",
+        st.message()
+    );
     // Still serving.
     let p = client.put(b"still", b"ok").await.unwrap();
-    let g = client.get(b"still", Consistency::Linearizable).await.unwrap();
+    let g = client
+        .get(b"still", Consistency::Linearizable)
+        .await
+        .unwrap();
     assert_eq!(g.value, b"ok");
     assert!(g.revision >= p.revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_every_node() {
+    let (_serial, _dir, mut guard) = common::up("killall", 3, &[]).await;
+    let c = &mut guard.0;
+    let client = c.client().unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let k = format!("durable/{i}");
+        common::put_retry(&client, k.as_bytes(), b"v").await;
+        acked.push(k);
+    }
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    for id in &ids {
+        c.kill(*id).unwrap();
+    }
+    for id in &ids {
+        c.restart(*id).unwrap();
+    }
+    let start = Instant::now();
+    let client = c.client().unwrap();
+    for k in &acked {
+        let g = loop {
+            match client.get(k.as_bytes(), Consistency::Linearizable).await {
+                Ok(g) => break g,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "cluster did not come back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert!(
+            g.found,
+            "acknowledged write {k} lost after kill -9 of every node"
+        );
+    }
+    println!(
+        "all {} acknowledged writes present {:?} after restarting every node",
+        acked.len(),
+        start.elapsed()
+    );
 }

@@ -9,7 +9,9 @@ use raftd::types::TypeConfig;
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_database(dir.path()).expect("open redb");
         let sm = StateMachineStore::open(db.clone()).expect("open state machine");
@@ -19,5 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_store_passes_openraft_suite() {
-    Suite::test_all(RedbBuilder).await.expect("openraft storage suite");
+    Suite::test_all(RedbBuilder)
+        .await
+        .expect("openraft storage suite");
 }

