@@ -153,9 +153,12 @@ fn never_sent(status: &Status) -> bool {
         text.push_str(&e.to_string());
         src = e.source();
     }
+    // A name that does not resolve (a leader hint naming a cluster-internal DNS name, seen from
+    // outside the cluster) fails before any connection: nothing was sent.
     text.contains("tcp connect error")
         || text.contains("Connection refused")
         || text.contains("error trying to connect")
+        || text.contains("dns error")
 }
 
 impl RaftClient {

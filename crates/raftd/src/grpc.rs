@@ -11,6 +11,7 @@ use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use crate::forward::{FORWARDED, Forwarder};
 use crate::node::{NodeError, RaftNode, ReadLevel, validate_prefix, validate_read_key};
 use crate::status;
 use crate::types::{Command, Expect, MemberNode, SnapshotMeta, Vote};
@@ -105,12 +106,57 @@ fn level(c: i32) -> Result<ReadLevel, Status> {
 
 pub struct KvService {
     pub node: Arc<RaftNode>,
+    pub forwarder: Forwarder,
+}
+
+impl KvService {
+    /// A client KV service on `node`, forwarding to the leader when `node` follows.
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        Self {
+            node,
+            forwarder: Forwarder::default(),
+        }
+    }
+
+    /// Where to forward this request: the leader, when this node follows one and the request
+    /// was not forwarded already. Checked before any work, so the leader's own path is untouched.
+    fn forward_to<T>(&self, req: &Request<T>) -> Option<String> {
+        if req.metadata().get(FORWARDED).is_some() {
+            return None;
+        }
+        self.node.leader_addr_if_follower()
+    }
+
+    /// The "not leader" error with a hint, for a forward that could not reach the leader.
+    fn not_leader(&self, addr: &str) -> impl FnOnce() -> Status {
+        let leader_id = None;
+        let addr = addr.to_string();
+        move || {
+            to_status(NodeError::NotLeader {
+                leader_id,
+                leader_addr: Some(addr),
+            })
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let d = deadline(&req);
+        if let Some(addr) = self.forward_to(&req) {
+            return self
+                .forwarder
+                .forward(
+                    &addr,
+                    req.into_inner(),
+                    d,
+                    true,
+                    self.not_leader(&addr),
+                    |mut c, r| async move { c.put(r).await },
+                )
+                .await;
+        }
         let r = req.into_inner();
         let res = self
             .node
@@ -131,6 +177,21 @@ impl Kv for KvService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let d = deadline(&req);
+        if req.get_ref().consistency != pb::Consistency::Stale as i32
+            && let Some(addr) = self.forward_to(&req)
+        {
+            return self
+                .forwarder
+                .forward(
+                    &addr,
+                    req.into_inner(),
+                    d,
+                    false,
+                    self.not_leader(&addr),
+                    |mut c, r| async move { c.get(r).await },
+                )
+                .await;
+        }
         let r = req.into_inner();
         validate_read_key(&r.key).map_err(to_status)?;
         let lvl = level(r.consistency)?;
@@ -160,6 +221,19 @@ impl Kv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let d = deadline(&req);
+        if let Some(addr) = self.forward_to(&req) {
+            return self
+                .forwarder
+                .forward(
+                    &addr,
+                    req.into_inner(),
+                    d,
+                    true,
+                    self.not_leader(&addr),
+                    |mut c, r| async move { c.delete(r).await },
+                )
+                .await;
+        }
         let r = req.into_inner();
         let res = self
             .node
@@ -174,6 +248,19 @@ impl Kv for KvService {
 
     async fn cas(&self, req: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
         let d = deadline(&req);
+        if let Some(addr) = self.forward_to(&req) {
+            return self
+                .forwarder
+                .forward(
+                    &addr,
+                    req.into_inner(),
+                    d,
+                    true,
+                    self.not_leader(&addr),
+                    |mut c, r| async move { c.cas(r).await },
+                )
+                .await;
+        }
         let r = req.into_inner();
         let expect = match r.expected {
             Some(pb::cas_request::Expected::ExpectedValue(v)) => Expect::Value(v),
@@ -216,6 +303,21 @@ impl Kv for KvService {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let d = deadline(&req);
+        if req.get_ref().consistency != pb::Consistency::Stale as i32
+            && let Some(addr) = self.forward_to(&req)
+        {
+            return self
+                .forwarder
+                .forward(
+                    &addr,
+                    req.into_inner(),
+                    d,
+                    false,
+                    self.not_leader(&addr),
+                    |mut c, r| async move { c.list(r).await },
+                )
+                .await;
+        }
         let r = req.into_inner();
         validate_prefix(&r.prefix).map_err(to_status)?;
         let lvl = level(r.consistency)?;

@@ -53,7 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http = axum::serve(http_listener, raftd::http::router(node.clone()));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(KvService { node: node.clone() }))
+        .add_service(KvServer::new(KvService::new(node.clone())))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
         .add_service(
             RaftPeerServer::new(PeerService { node: node.clone() })

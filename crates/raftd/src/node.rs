@@ -345,6 +345,20 @@ impl RaftNode {
         (reachable, voters.len(), voters.len() / 2 + 1)
     }
 
+    /// The leader's gRPC address when this node is a follower that knows its leader, so a client
+    /// request can be forwarded there; `None` when this node leads or knows no leader.
+    pub fn leader_addr_if_follower(&self) -> Option<String> {
+        let raft = self.raft();
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader.filter(|l| *l != self.id)?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.grpc_addr.clone())
+    }
+
     /// The error for "this node cannot serve": not leader with a hint, no quorum, or no leader.
     fn unavailable_error(&self) -> NodeError {
         let raft = self.raft();
