@@ -50,9 +50,9 @@ test-unit:
 	$(CARGO) test --workspace
 
 ## test: everything CI checks.
-test: lint test-unit crd-drift crd-validate $(TEST_TARGETS)
+test: deps lint test-unit crd-drift crd-validate $(TEST_TARGETS)
 	@echo "make test: all checks passed"
 
 ## demo: sandbox, CRD and operator, a 5-voter cluster over 3 zones, its status, writes and reads.
-demo:
+demo: deps
 	scripts/demo.sh

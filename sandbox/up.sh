@@ -24,6 +24,10 @@ start() { # name command...
   echo $! >"$RUN_DIR/pids/$name.pid"
   log "started $name (pid $!, log $HOME_DIR/logs/$name.log)"
 }
+render_config() { # the agent's config, with this checkout's binaries; prints it
+  sed -e "s#@STATE_DIR@#$RUN_DIR#; s#@DATA_DIR@#$HOME_DIR#; s#@AGENT@#$AGENT#; s#@TARGET@#$TARGET_DIR#g; s#@K8S_VERSION@#$K8S_VERSION#" \
+    "$SANDBOX_SRC/sandbox.yaml.in"
+}
 start_agent() {
   start sandbox-node env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
     "$AGENT" agent --config "$RUN_DIR/sandbox.yaml"
@@ -31,12 +35,15 @@ start_agent() {
 
 if alive kube-apiserver && alive sandbox-node && alive etcd \
    && kubectl --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz >/dev/null 2>&1; then
-  # Restart the agent when its binary was rebuilt, so a sandbox left up runs current code.
+  # Restart the agent when its binary was rebuilt or its config changed (another checkout or
+  # target directory: images must map to this checkout's raftd), so a sandbox left up runs
+  # current code.
   running="$(readlink "/proc/$(pid_of sandbox-node)/exe" || true)"
-  if [[ $running != "$AGENT" ]]; then
-    log "node agent binary changed ($running); restarting the agent (pods restart, volumes stay)"
+  if [[ $running != "$AGENT" ]] || ! render_config | cmp -s - "$RUN_DIR/sandbox.yaml"; then
+    log "node agent binary or config changed ($running); restarting the agent (pods restart, volumes stay)"
     kill -TERM "$(pid_of sandbox-node)" 2>/dev/null || true
     while alive sandbox-node; do sleep 0.2; done
+    render_config >"$RUN_DIR/sandbox.yaml"
     start_agent
   fi
   log "sandbox already up"
@@ -176,8 +183,7 @@ kubectl --kubeconfig "$KUBECONFIG_PATH" apply -f "$SANDBOX_SRC/manifests/" >/dev
 log "applied sandbox manifests (default StorageClass, CoreDNS RBAC)"
 
 # 6. The node agent.
-sed -e "s#@STATE_DIR@#$RUN_DIR#; s#@DATA_DIR@#$HOME_DIR#; s#@AGENT@#$AGENT#; s#@TARGET@#$TARGET_DIR#g; s#@K8S_VERSION@#$K8S_VERSION#" \
-  "$SANDBOX_SRC/sandbox.yaml.in" >"$RUN_DIR/sandbox.yaml"
+render_config >"$RUN_DIR/sandbox.yaml"
 start_agent
 
 # 7. CoreDNS on the gateway address, with the kubernetes plugin.

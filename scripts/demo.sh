@@ -37,8 +37,13 @@ name=$(kubectl apply -f "$EXAMPLE" -o jsonpath='{.metadata.name}')
 ns=$(kubectl get -f "$EXAMPLE" -o jsonpath='{.metadata.namespace}')
 ns=${ns:-default}
 started=$(date +%s)
-echo "waiting for raftcluster/$name to become Available..."
-until kubectl -n "$ns" wait --for=condition=Available "raftcluster/$name" --timeout=10s >/dev/null 2>&1; do
+want=$(kubectl -n "$ns" get raftcluster "$name" -o jsonpath='{.spec.replicas}')
+echo "waiting for raftcluster/$name: Available with $want healthy voters..."
+ready() {
+  [[ $(kubectl -n "$ns" get raftcluster "$name" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}/{.status.readyReplicas}' 2>/dev/null) == "True/$want" ]]
+}
+until ready; do
+  sleep 2
   printf '  %3ss  %s\n' "$(( $(date +%s) - started ))" \
     "$(kubectl -n "$ns" get raftcluster "$name" -o jsonpath='{.status.conditions[?(@.type=="Progressing")].message}' 2>/dev/null)"
   if (( $(date +%s) - started > 300 )); then
@@ -46,7 +51,7 @@ until kubectl -n "$ns" wait --for=condition=Available "raftcluster/$name" --time
     exit 1
   fi
 done
-echo "Available after $(( $(date +%s) - started ))s"
+echo "Available with $want healthy voters after $(( $(date +%s) - started ))s"
 
 step "kubectl get raftclusters"
 kubectl -n "$ns" get raftclusters
@@ -57,7 +62,7 @@ PATH="$TARGET/debug:$PATH" kubectl raft status "$name" -n "$ns"
 
 step "writes and reads through the client Service"
 ip=$(kubectl -n "$ns" get service "$name" -o jsonpath='{.spec.clusterIP}')
-raftctl() { "$TARGET/debug/raftctl" --endpoints "$ip:7000" "$@"; }
+raftctl() { "$TARGET/debug/raftctl" "$@" --endpoints "$ip:7000"; }
 for i in 1 2 3; do raftctl put "demo/key-$i" "value-$i"; done
 raftctl get demo/key-2
 raftctl get demo/key-3 --consistency lease -o json

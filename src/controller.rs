@@ -113,6 +113,13 @@ pub async fn reconcile(
             ctx.metrics.failed(err.metric_label());
             Err(err)
         }
+        // The object is already gone (our own finalizer removal raced a second reconcile):
+        // cleanup is done, NotFound is success.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status)))
+            if status.code == 404 =>
+        {
+            Ok(Requeue::await_change())
+        }
         Err(other) => {
             ctx.metrics.failed("finalizer");
             tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, error = %other, "finalizer step failed");

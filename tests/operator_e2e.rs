@@ -84,7 +84,7 @@ async fn member_zones(client: &Client, ns: &str, name: &str) -> BTreeMap<String,
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_voters_become_ready_placed_2_2_1_and_serve_through_the_client_service() {
     let client = client().await;
     install_crd(&client).await;
@@ -157,7 +157,7 @@ async fn five_voters_become_ready_placed_2_2_1_and_serve_through_the_client_serv
     assert!(got.revision >= put.revision);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nine_voters_are_placed_3_3_3() {
     let client = client().await;
     install_crd(&client).await;
@@ -182,7 +182,7 @@ async fn nine_voters_are_placed_3_3_3() {
     assert_eq!(status.zone_fault_tolerance, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn even_replicas_are_refused_by_the_api_server_with_the_reason() {
     let client = client().await;
     install_crd(&client).await;
@@ -210,7 +210,7 @@ async fn even_replicas_are_refused_by_the_api_server_with_the_reason() {
     assert!(text.contains("spec.replicas"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_bootstrap_converges_to_one_cluster() {
     let client = client().await;
     install_crd(&client).await;
@@ -259,7 +259,7 @@ async fn operator_killed_mid_bootstrap_converges_to_one_cluster() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_cluster_removes_pods_and_services_and_keeps_volumes() {
     let client = client().await;
     install_crd(&client).await;

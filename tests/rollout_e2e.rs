@@ -41,7 +41,7 @@ async fn members(pods: &Api<Pod>, cluster: &str) -> BTreeMap<String, (String, bo
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_of_five_voters_keeps_quorum_and_every_acknowledged_write() {
     let client = client().await;
     install_crd(&client).await;

@@ -30,7 +30,6 @@ pub async fn client() -> Client {
 
 /// A fresh namespace, deleted when the test ends.
 pub struct TestNamespace {
-    client: Client,
     /// Namespace name.
     pub name: String,
 }
@@ -58,23 +57,23 @@ impl TestNamespace {
             || async { sas.get_opt("default").await.ok().flatten().is_some() },
         )
         .await;
-        Self {
-            client: client.clone(),
-            name,
-        }
+        Self { name }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
         let name = self.name.clone();
-        // Best effort: the namespace lifecycle controller and GC remove its contents.
+        // Best effort: the namespace lifecycle controller and GC remove its contents. A fresh
+        // client on a fresh runtime: the test's own client is driven by the test's runtime, which
+        // is blocked in this join (a current-thread runtime would deadlock).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let namespaces: Api<Namespace> = Api::all(client);
-                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                if let Ok(client) = Client::try_default().await {
+                    let namespaces: Api<Namespace> = Api::all(client);
+                    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                }
             });
         })
         .join();
