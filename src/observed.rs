@@ -186,6 +186,19 @@ impl Observed {
         self.health_problem(ordinal).is_none()
     }
 
+    /// Down: no pod, terminating, crash-looping, or its raftd does not answer. Narrower than
+    /// unhealthy: a member that answers but is not ready or lags is up, and replacing it is a
+    /// disruption like any other.
+    pub fn is_down(&self, ordinal: u32) -> bool {
+        let Some(member) = self.member(ordinal) else {
+            return true;
+        };
+        match &member.pod {
+            None => true,
+            Some(pod) => pod.terminating || pod.crash_looping || member.raft.is_none(),
+        }
+    }
+
     /// Why a member is not healthy, or `None` if it is.
     pub fn health_problem(&self, ordinal: u32) -> Option<String> {
         let name = member_name(&self.name, ordinal);

@@ -316,7 +316,12 @@ fn plan_rollout(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Action {
     }
 
     // 1. Members already down: replacing them costs nothing, as long as the rest hold a quorum.
-    if let Some(&down) = stale.iter().find(|ordinal| !o.is_healthy(**ordinal)) {
+    //    Only members that are really down (no answer, crash-looping, terminating), never the
+    //    leader: a member that answers but is briefly not ready is replaced in turn, gated.
+    if let Some(&down) = stale
+        .iter()
+        .find(|ordinal| **ordinal != leader && o.is_down(**ordinal))
+    {
         let healthy_others = voters
             .iter()
             .filter(|v| **v != down && o.is_healthy(**v))
@@ -611,6 +616,22 @@ mod tests {
             Action::ReplaceMember { ordinal, reason } => {
                 assert_eq!(ordinal, 3);
                 assert!(reason.contains("crash-looping"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_leader_that_is_briefly_not_ready_is_not_replaced_without_a_transfer() {
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-1")
+            .member(0, |m| m.pod.as_mut().unwrap().ready = false)
+            .build();
+        // Member 0 leads and answers; its readiness flapped. The rollout must not replace it
+        // first as if it were down: followers first, and here they wait for 0 to be healthy.
+        match plan_next_action(&o) {
+            Action::Blocked { reason } => {
+                assert!(reason.contains("demo-0 is not ready"), "{reason}")
             }
             other => panic!("{other:?}"),
         }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Operator, TestNamespace, client, install_crd, pod_ip, poll_for};
+use common::{Operator, TestNamespace, client, install_crd, poll_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Revision label and readiness of every member pod, by name.
+/// Revision label of every member pod and whether its raftd process is up (container running,
+/// pod not being deleted), by name. Readiness is not used: raftd reports not-ready for a moment
+/// whenever the cluster has no leader, e.g. during the leadership transfer, without being down.
 async fn members(pods: &Api<Pod>, cluster: &str) -> BTreeMap<String, (String, bool)> {
     pods.list(&ListParams::default().labels(&format!("raft-operator.dev/cluster={cluster}")))
         .await
@@ -32,7 +34,15 @@ async fn members(pods: &Api<Pod>, cluster: &str) -> BTreeMap<String, (String, bo
                                 .get("raft-operator.dev/revision")
                                 .cloned()
                                 .unwrap_or_default(),
-                            common::is_ready(p) && p.metadata.deletion_timestamp.is_none(),
+                            p.metadata.deletion_timestamp.is_none()
+                                && p.status
+                                    .as_ref()
+                                    .and_then(|s| s.container_statuses.as_ref())
+                                    .is_some_and(|cs| {
+                                        cs.iter().all(|c| {
+                                            c.state.as_ref().is_some_and(|st| st.running.is_some())
+                                        })
+                                    }),
                         ),
                     )
                 })
@@ -60,17 +70,21 @@ async fn rolling_upgrade_of_five_voters_keeps_quorum_and_every_acknowledged_writ
         (c.status.as_ref()?.healthy_voters == 5).then_some(c)
     })
     .await;
-    let first_leader = ready.status.as_ref().unwrap().leader.clone().unwrap();
+    let _ = ready;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let endpoints: Vec<String> = pods
-        .list(&ListParams::default().labels("raft-operator.dev/cluster=roll"))
+    // Through the client Service: member pods get new IPs when they are replaced, the Service's
+    // ClusterIP stays, and a member that follows forwards to the leader.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &ns.name);
+    let cluster_ip = services
+        .get("roll")
         .await
         .unwrap()
-        .items
-        .iter()
-        .map(|p| format!("{}:7000", pod_ip(p)))
-        .collect();
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("client Service has a ClusterIP");
+    let endpoints = vec![format!("{cluster_ip}:7000")];
 
     // A sequential writer of one counter, and a reader checking reads are never older than the
     // last write acknowledged before the read began.
@@ -127,6 +141,14 @@ async fn rolling_upgrade_of_five_voters_keeps_quorum_and_every_acknowledged_writ
 
     // Roll.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let first_leader = api
+        .get("roll")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .leader
+        .unwrap();
     let rollout_started = Instant::now();
     api.patch(
         "roll",
