@@ -71,6 +71,20 @@ impl Drop for TestNamespace {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
                 if let Ok(client) = Client::try_default().await {
+                    // The test's operator is gone by now, so nothing would remove the
+                    // RaftClusters' finalizers and the namespace would never finish deleting.
+                    let clusters: Api<RaftCluster> = Api::namespaced(client.clone(), &name);
+                    if let Ok(list) = clusters.list(&ListParams::default()).await {
+                        for cluster in list.items {
+                            let _ = clusters
+                                .patch(
+                                    &cluster.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                    }
                     let namespaces: Api<Namespace> = Api::all(client);
                     let _ = namespaces.delete(&name, &DeleteParams::default()).await;
                 }
