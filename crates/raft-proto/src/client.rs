@@ -355,20 +355,8 @@ impl RaftClient {
             key: key.to_vec(),
             consistency: consistency as i32,
         };
-        if consistency == Consistency::Stale {
-            // A stale read is answered by whichever node we reach first.
-            return self
-                .run(false, |ch, t| {
-                    let m = msg.clone();
-                    async move {
-                        KvClient::new(ch)
-                            .get(Self::req(m, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await;
-        }
+        // The same path for every level: a stale read is answered by whichever node is reached
+        // (followers answer it locally), the others by the leader.
         self.run(false, |ch, t| {
             let m = msg.clone();
             async move {

@@ -372,6 +372,23 @@ fn member_addr(m: Option<pb::MemberAddr>) -> Result<(u64, MemberNode), Status> {
     ))
 }
 
+impl AdminService {
+    /// The answer to a membership call: its log revision, whether it changed anything, and the
+    /// members as this node now sees them.
+    async fn membership_response(
+        &self,
+        revision: u64,
+        changed: bool,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let st = status::status(&self.node).await;
+        Ok(Response::new(pb::MembershipResponse {
+            revision,
+            changed,
+            members: st.members,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
@@ -420,12 +437,7 @@ impl Admin for AdminService {
             .add_learner(id, node, r.wait_caught_up)
             .await
             .map_err(to_status)?;
-        let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse {
-            revision,
-            changed,
-            members: st.members,
-        }))
+        self.membership_response(revision, changed).await
     }
 
     async fn promote_voter(
@@ -437,12 +449,7 @@ impl Admin for AdminService {
             .promote_voter(req.into_inner().id)
             .await
             .map_err(to_status)?;
-        let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse {
-            revision,
-            changed,
-            members: st.members,
-        }))
+        self.membership_response(revision, changed).await
     }
 
     async fn remove_member(
@@ -454,12 +461,7 @@ impl Admin for AdminService {
             .remove_member(req.into_inner().id)
             .await
             .map_err(to_status)?;
-        let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse {
-            revision,
-            changed,
-            members: st.members,
-        }))
+        self.membership_response(revision, changed).await
     }
 
     async fn transfer_leader(
