@@ -186,12 +186,20 @@ pub async fn execute(
         Action::InitializeCluster { ordinal, voters } => {
             let members: Vec<MemberAddress> = voters.iter().map(|v| address_of(o, *v)).collect();
             let addr = admin_addr(o, *ordinal, "initialize the cluster")?;
+            // The other members wait for an explicit Join (join mode explicit): admit them
+            // first, so they accept the new leader and nothing else.
+            for other in voters.iter().filter(|v| *v != ordinal) {
+                let other_addr = admin_addr(o, *other, "admit a member into the new cluster")?;
+                admin::join(&other_addr, &o.uid, 1).await?;
+            }
             let already = admin::initialize(&addr, &o.uid, &members).await?;
             tracing::info!(cluster = %o.name, already, voters = members.len(), "cluster initialized");
             Ok(())
         }
         Action::AddLearner { ordinal } => {
             let addr = leader_addr(o, "add a learner")?;
+            let member_addr = admin_addr(o, *ordinal, "admit the new member")?;
+            admin::join(&member_addr, &o.uid, o.current_epoch()).await?;
             admin::add_learner(&addr, &address_of(o, *ordinal)).await?;
             Ok(())
         }

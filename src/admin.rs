@@ -95,6 +95,8 @@ pub fn to_observed(s: &pb::StatusResponse) -> RaftObserved {
             .collect(),
         version: s.version.clone(),
         lease_valid: s.lease_valid,
+        awaiting_join: s.awaiting_join,
+        recent_refusal: (!s.recent_refusal.is_empty()).then(|| s.recent_refusal.clone()),
     }
 }
 
@@ -169,6 +171,56 @@ pub async fn remove_member(leader_addr: &str, id: u64) -> Result<(), AdminError>
         .await
         .map_err(|s| failed(leader_addr, s))?;
     Ok(())
+}
+
+/// Admit the empty member at `addr` into this cluster at `epoch`, so the leader may add it.
+/// Idempotent; refused when the member holds Raft state of another cluster or epoch.
+pub async fn join(addr: &str, cluster_id: &str, epoch: u64) -> Result<bool, AdminError> {
+    let mut client = connect(addr).await?;
+    let response = client
+        .join(pb::JoinRequest {
+            cluster_id: cluster_id.to_string(),
+            epoch,
+        })
+        .await
+        .map_err(|s| failed(addr, s))?;
+    Ok(response.into_inner().already_joined)
+}
+
+/// What a forced recovery did on the survivor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryResult {
+    /// The survivor's last log entry before recovery.
+    pub previous_last_index: u64,
+    /// Its term.
+    pub previous_last_term: u64,
+    /// The epoch now in force.
+    pub epoch: u64,
+    /// The call had been made before.
+    pub already: bool,
+}
+
+/// Make the member at `addr` the only voter of its cluster and raise the epoch.
+pub async fn force_recover(
+    addr: &str,
+    cluster_id: &str,
+    new_epoch: u64,
+) -> Result<RecoveryResult, AdminError> {
+    let mut client = connect(addr).await?;
+    let r = client
+        .force_recover(pb::ForceRecoverRequest {
+            cluster_id: cluster_id.to_string(),
+            new_epoch,
+        })
+        .await
+        .map_err(|s| failed(addr, s))?
+        .into_inner();
+    Ok(RecoveryResult {
+        previous_last_index: r.previous_last_index,
+        previous_last_term: r.previous_last_term,
+        epoch: r.epoch,
+        already: r.already_recovered,
+    })
 }
 
 /// Ask the leader to hand leadership to `to`.

@@ -193,6 +193,9 @@ pub fn member_pod(cluster: &RaftCluster, ordinal: u32, zone: Option<&str>) -> Po
                 spec.max_clock_drift_ms.to_string(),
             ),
             env("RAFTD_LOG_FORMAT", "json"),
+            // An empty member (new, or its volume was wiped) joins only when the operator
+            // admits it, so it can never rejoin as a voter that forgot its votes and log.
+            env("RAFTD_JOIN_MODE", "explicit"),
         ]),
         ports: Some(vec![
             ContainerPort {

@@ -108,6 +108,10 @@ pub struct RaftObserved {
     pub version: String,
     /// Whether the member's leader lease is valid now (leader only).
     pub lease_valid: bool,
+    /// The member has no data and no identity and waits to be admitted (join mode explicit).
+    pub awaiting_join: bool,
+    /// The last peer RPC the member refused recently, e.g. because its data was wiped.
+    pub recent_refusal: Option<String>,
 }
 
 impl Observed {
@@ -126,6 +130,16 @@ impl Observed {
                     .is_some_and(|r| r.role == MemberRole::Leader && self.is_this_cluster(r))
             })
             .max_by_key(|m| m.raft.as_ref().map(|r| r.term))
+    }
+
+    /// The cluster epoch in force: the leader's, else the last recorded one (1 at bootstrap).
+    pub fn current_epoch(&self) -> u64 {
+        self.leader()
+            .and_then(|m| m.raft.as_ref())
+            .map(|r| r.epoch)
+            .unwrap_or(0)
+            .max(self.previous_status.epoch)
+            .max(1)
     }
 
     /// Whether a member's durable state belongs to this cluster (same id, current epoch).
@@ -225,7 +239,14 @@ impl Observed {
             return Some(format!("{name} is unreachable: {why}"));
         };
         if !raft.initialized {
-            return Some(format!("{name} holds no Raft state (empty data directory)"));
+            let refused = raft
+                .recent_refusal
+                .as_deref()
+                .map(|r| format!("; it refuses the cluster: {r}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "{name} holds no Raft state (empty data directory){refused}"
+            ));
         }
         if !self.is_this_cluster(raft) {
             return Some(format!(
@@ -373,6 +394,8 @@ pub mod fixtures {
                         last_log_term: 2,
                         voters: voters.clone(),
                         learners: Vec::new(),
+                        awaiting_join: false,
+                        recent_refusal: None,
                         joint: false,
                         matched: if ordinal == 0 {
                             voters.iter().map(|id| (*id, last)).collect()

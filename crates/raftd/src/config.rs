@@ -22,6 +22,26 @@ impl ReadMode {
     }
 }
 
+/// How a node with no data and no cluster identity treats the first peer that contacts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JoinMode {
+    /// Adopt the cluster id and epoch of the first leader that contacts it (standalone use).
+    Auto,
+    /// Refuse every peer until an admin `Join` (or `Initialize`) names the cluster. An operator
+    /// uses this so that a member whose data directory was wiped is never silently re-added
+    /// as a voter that forgot its votes and log.
+    Explicit,
+}
+
+impl JoinMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinMode::Auto => "auto",
+            JoinMode::Explicit => "explicit",
+        }
+    }
+}
+
 /// One member of an initial cluster: `ID=GRPC_ADDR[@HTTP_ADDR]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitialMember {
@@ -100,6 +120,10 @@ pub struct Args {
     /// empty node stays uninitialized until the admin Initialize call or a leader adds it.
     #[arg(long, env = "RAFTD_BOOTSTRAP", default_value_t = false)]
     pub bootstrap: bool,
+    /// How an empty node (no data, no identity) treats peers: `auto` adopts the first leader's
+    /// cluster, `explicit` waits for an admin Join.
+    #[arg(long, env = "RAFTD_JOIN_MODE", value_enum, default_value_t = JoinMode::Auto)]
+    pub join_mode: JoinMode,
     /// Minimum election timeout (ms).
     #[arg(long, env = "RAFTD_ELECTION_TIMEOUT_MIN_MS", default_value_t = 150)]
     pub election_timeout_min_ms: u64,

@@ -483,6 +483,40 @@ impl Admin for AdminService {
         let snapshot_index = self.node.snapshot_now().await.map_err(to_status)?;
         Ok(Response::new(pb::SnapshotResponse { snapshot_index }))
     }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = req.into_inner();
+        let already = self
+            .node
+            .join(&r.cluster_id, r.epoch)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::JoinResponse {
+            already_joined: already,
+        }))
+    }
+
+    async fn force_recover(
+        &self,
+        req: Request<pb::ForceRecoverRequest>,
+    ) -> Result<Response<pb::ForceRecoverResponse>, Status> {
+        let r = req.into_inner();
+        let out = self
+            .node
+            .force_recover(&r.cluster_id, r.new_epoch)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ForceRecoverResponse {
+            previous_last_index: out.previous_last_index,
+            previous_last_term: out.previous_last_term,
+            membership_index: out.membership_index,
+            epoch: out.epoch,
+            already_recovered: out.already,
+        }))
+    }
 }
 
 pub struct PeerService {

@@ -21,7 +21,7 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState, SnapshotPolicy};
 use redb::Database;
 
-use crate::config::{Args, ReadMode};
+use crate::config::{Args, JoinMode, ReadMode};
 use crate::network::{NetworkShared, PeerTracker, WireIdentity};
 use crate::store::{self, ClusterIdentity, KvState, LogStore, StateMachineStore};
 use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
@@ -137,6 +137,22 @@ pub struct RaftNode {
     quorum_lost: tokio::sync::watch::Sender<bool>,
     started: Instant,
     rebuild_lock: tokio::sync::Mutex<()>,
+    /// The last peer RPC this node refused and when, for the status.
+    last_refusal: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+/// What a forced recovery did, for the operator's audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryOutcome {
+    /// The survivor's last log entry before recovery (index, term).
+    pub previous_last_index: u64,
+    pub previous_last_term: u64,
+    /// Index of the single-voter membership entry that was appended.
+    pub membership_index: u64,
+    /// The cluster epoch now in force.
+    pub epoch: u64,
+    /// True when the node was already recovered into this epoch (the call was repeated).
+    pub already: bool,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> NodeError {
@@ -214,6 +230,7 @@ impl RaftNode {
             quorum_lost,
             started: Instant::now(),
             rebuild_lock: tokio::sync::Mutex::new(()),
+            last_refusal: std::sync::Mutex::new(None),
         });
         if node.args.bootstrap {
             let ic = node.args.initial_cluster.clone().unwrap_or_default();
@@ -292,6 +309,13 @@ impl RaftNode {
     /// Checks an incoming peer RPC's cluster id and epoch; an uninitialized node adopts them.
     pub fn admit_peer(&self, from: NodeId, cluster_id: &str, epoch: u64) -> Result<(), NodeError> {
         let mine = self.cluster_identity();
+        if mine.cluster_id.is_empty() && self.args.join_mode == JoinMode::Explicit {
+            return Err(self.refuse(format!(
+                "node {} has no data and no cluster identity (a new member, or its data directory was wiped); \
+                 it takes part only after an admin Join names its cluster, so it refuses node {from} of cluster {cluster_id:?}",
+                self.id
+            )));
+        }
         if mine.cluster_id.is_empty() {
             if cluster_id.is_empty() {
                 return Err(NodeError::Refused(format!(
@@ -318,14 +342,194 @@ impl RaftNode {
             return Ok(());
         }
         if mine.cluster_id != cluster_id || mine.epoch != epoch {
-            self.counters.peer_refusals.fetch_add(1, Ordering::Relaxed);
-            return Err(NodeError::Refused(format!(
+            return Err(self.refuse(format!(
                 "cluster id mismatch: node {} belongs to cluster {:?} epoch {}, but node {from} sent cluster {:?} epoch {}",
                 self.id, mine.cluster_id, mine.epoch, cluster_id, epoch
             )));
         }
         self.tracker.mark_ok(from);
         Ok(())
+    }
+
+    /// Counts and remembers a refused peer RPC; the status shows the last one.
+    fn refuse(&self, reason: String) -> NodeError {
+        self.counters.peer_refusals.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_refusal.lock() {
+            let repeated = last.as_ref().is_some_and(|(_, r)| *r == reason);
+            if !repeated {
+                tracing::warn!(node = self.id, %reason, "peer RPC refused");
+            }
+            *last = Some((Instant::now(), reason.clone()));
+        }
+        NodeError::Refused(reason)
+    }
+
+    /// The last refused peer RPC within the past `window`, if any.
+    pub fn recent_refusal(&self, window: Duration) -> Option<String> {
+        let last = self.last_refusal.lock().ok()?;
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < window)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// The term of the last entry in the durable log (0 when empty or unreadable).
+    pub fn last_durable_log_term(&self) -> u64 {
+        store::last_durable_log_id(&self.db)
+            .ok()
+            .flatten()
+            .map(|l| l.leader_id.term)
+            .unwrap_or(0)
+    }
+
+    /// True when this node has no identity and waits for an admin Join.
+    pub fn awaiting_join(&self) -> bool {
+        self.args.join_mode == JoinMode::Explicit && self.cluster_identity().cluster_id.is_empty()
+    }
+
+    /// Admits this node into `cluster_id` at `epoch` so a leader may add it as a learner.
+    /// Idempotent. Refused when the node already holds Raft state of another cluster or of an
+    /// older epoch (it was cut off by a recovery): such data must be deleted, not merged.
+    pub async fn join(&self, cluster_id: &str, epoch: u64) -> Result<bool, NodeError> {
+        if cluster_id.is_empty() {
+            return Err(NodeError::InvalidArgument {
+                field: "cluster_id".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        if epoch == 0 {
+            return Err(NodeError::InvalidArgument {
+                field: "epoch".into(),
+                reason: "epochs start at 1".into(),
+            });
+        }
+        let mine = self.cluster_identity();
+        if mine.cluster_id == cluster_id && mine.epoch == epoch {
+            return Ok(true);
+        }
+        let has_state = self.raft().is_initialized().await.map_err(raft_err)?;
+        if !mine.cluster_id.is_empty() && mine.cluster_id != cluster_id {
+            return Err(NodeError::Refused(format!(
+                "node {} belongs to cluster {:?}; refusing to join {cluster_id:?}",
+                self.id, mine.cluster_id
+            )));
+        }
+        if has_state {
+            return Err(NodeError::Refused(format!(
+                "node {} holds Raft state of cluster {:?} epoch {}; it cannot join epoch {epoch}: delete its data directory to rebuild it",
+                self.id, mine.cluster_id, mine.epoch
+            )));
+        }
+        let id = ClusterIdentity {
+            cluster_id: cluster_id.to_string(),
+            epoch,
+        };
+        store::write_identity(&self.db, &id).map_err(raft_err)?;
+        if let Ok(mut w) = self.identity.write() {
+            w.cluster_id = id.cluster_id;
+            w.epoch = id.epoch;
+        }
+        tracing::info!(
+            node = self.id,
+            cluster_id,
+            epoch,
+            "joined: waiting to be added as a learner"
+        );
+        Ok(false)
+    }
+
+    /// Disaster recovery after the loss of a majority: makes this node the only voter of its
+    /// cluster and moves the cluster to `new_epoch`, so members of the old epoch are refused.
+    ///
+    /// It stops openraft, appends a membership entry `{self}` after the last durable entry,
+    /// raises the epoch, and restarts; a single voter elects itself and commits the entry.
+    /// Entries the lost majority committed after this node's last index are gone; the result
+    /// names that index so the caller can record it. Idempotent for the same `new_epoch`.
+    pub async fn force_recover(
+        &self,
+        cluster_id: &str,
+        new_epoch: u64,
+    ) -> Result<RecoveryOutcome, NodeError> {
+        let mine = self.cluster_identity();
+        if cluster_id.is_empty() || mine.cluster_id != cluster_id {
+            return Err(NodeError::Refused(format!(
+                "node {} belongs to cluster {:?}, not {cluster_id:?}; refusing to recover it",
+                self.id, mine.cluster_id
+            )));
+        }
+        let _guard = self.rebuild_lock.lock().await;
+        let last = store::last_durable_log_id(&self.db).map_err(raft_err)?;
+        let (last_index, last_term) = last
+            .as_ref()
+            .map(|l| (l.index, l.leader_id.term))
+            .unwrap_or((0, 0));
+        if mine.epoch == new_epoch {
+            let m = self.raft().metrics().borrow_watched().clone();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            if voters.first() == Some(&self.id) {
+                return Ok(RecoveryOutcome {
+                    previous_last_index: last_index,
+                    previous_last_term: last_term,
+                    membership_index: m.membership_config.log_id().map(|l| l.index).unwrap_or(0),
+                    epoch: new_epoch,
+                    already: true,
+                });
+            }
+        }
+        if new_epoch <= mine.epoch {
+            return Err(NodeError::InvalidArgument {
+                field: "new_epoch".into(),
+                reason: format!("must be greater than the current epoch {}", mine.epoch),
+            });
+        }
+        let Some(last) = last else {
+            return Err(NodeError::Refused(format!(
+                "node {} has an empty log; there is nothing to recover from",
+                self.id
+            )));
+        };
+        let old = self.core();
+        if let Err(e) = old.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown before recovery");
+        }
+        let membership = openraft::Membership::new(
+            vec![BTreeSet::from([self.id])],
+            BTreeMap::from([(self.id, self.self_node.clone())]),
+        )
+        .map_err(raft_err)?;
+        let log_id = openraft::LogId::new(last.leader_id, last.index + 1);
+        let entry =
+            <crate::types::Entry as openraft::entry::RaftEntry>::new_membership(log_id, membership);
+        store::force_append_entry(&self.db, &entry).map_err(raft_err)?;
+        let id = ClusterIdentity {
+            cluster_id: cluster_id.to_string(),
+            epoch: new_epoch,
+        };
+        store::write_identity(&self.db, &id).map_err(raft_err)?;
+        if let Ok(mut w) = self.identity.write() {
+            w.epoch = new_epoch;
+        }
+        let new = Self::build_core(self.id, &self.raft_config, &self.network, &self.db)
+            .await
+            .map_err(raft_err)?;
+        match self.core.write() {
+            Ok(mut c) => *c = Arc::new(new),
+            Err(p) => *p.into_inner() = Arc::new(new),
+        }
+        self.quorum_lost.send_replace(false);
+        tracing::warn!(
+            node = self.id,
+            previous_last_index = last.index,
+            previous_last_term = last.leader_id.term,
+            epoch = new_epoch,
+            "forced recovery: this node is now the only voter"
+        );
+        Ok(RecoveryOutcome {
+            previous_last_index: last.index,
+            previous_last_term: last.leader_id.term,
+            membership_index: last.index + 1,
+            epoch: new_epoch,
+            already: false,
+        })
     }
 
     fn reachability_window(&self) -> Duration {

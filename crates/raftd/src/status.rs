@@ -89,7 +89,8 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
         commit_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
         applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         last_log_index: leader_last,
-        last_log_term: m.vote.leader_id.term,
+        // The term of the last durable entry: what recovery compares between survivors.
+        last_log_term: node.last_durable_log_term(),
         members,
         joint_membership: membership.get_joint_config().len() > 1,
         lease_valid,
@@ -104,6 +105,11 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
         read_mode: node.args.read_mode.as_str().to_string(),
         millis_since_quorum_ack: since_ack.map(|d| d.as_millis() as u64).unwrap_or(0),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        awaiting_join: node.awaiting_join(),
+        recent_refusal: node
+            .recent_refusal(Duration::from_secs(5))
+            .unwrap_or_default(),
+        join_mode: node.args.join_mode.as_str().to_string(),
     }
 }
 
@@ -133,6 +139,10 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "cluster_id": s.cluster_id,
         "epoch": s.epoch,
         "initialized": s.initialized,
+        "awaiting_join": s.awaiting_join,
+        "recent_refusal": s.recent_refusal,
+        "join_mode": s.join_mode,
+        "last_log_term": s.last_log_term,
         "reachable_voters": s.reachable_voters,
         "voters": s.voters,
         "quorum": s.quorum,

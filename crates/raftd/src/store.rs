@@ -103,6 +103,31 @@ pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
     put_meta_durable(db, CLUSTER, "identity", id)
 }
 
+/// Appends one entry straight to the durable log (fsynced), bypassing openraft. Only for
+/// disaster recovery, while no openraft instance runs on this database.
+pub fn force_append_entry(db: &Database, entry: &Entry) -> io::Result<()> {
+    let bytes = encode(entry)?;
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        let mut t = txn.open_table(LOG).map_err(io_err)?;
+        t.insert(entry.log_id.index, bytes.as_slice())
+            .map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// The last log id in the durable log, or the last purged one when the log is empty.
+pub fn last_durable_log_id(db: &Database) -> io::Result<Option<LogId>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let t = txn.open_table(LOG).map_err(io_err)?;
+    if let Some((_, v)) = t.last().map_err(io_err)? {
+        return Ok(Some(decode::<Entry>(v.value())?.log_id));
+    }
+    drop(t);
+    drop(txn);
+    get_meta(db, LOG_META, "last_purged")
+}
+
 // ------------------------------------------------------------------------------- log store
 
 /// A write other than an append, run by the writer thread in its own transaction.
