@@ -4,7 +4,7 @@
 .PHONY: test-operator-e2e
 
 test-operator-e2e: sandbox-up
-	$(CARGO) build -q -p raftd --bin raftd
+	$(CARGO) build -q -p raftd --bin raftd -p raftctl --bin raftctl
 	KUBECONFIG=/var/lib/raft-sandbox/kubeconfig $(CARGO) test --features sandbox-e2e \
 		--test operator_e2e --test rollout_e2e -- --test-threads=1 --nocapture
 

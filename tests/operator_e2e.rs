@@ -155,6 +155,85 @@ async fn five_voters_become_ready_placed_2_2_1_and_serve_through_the_client_serv
         .expect("get through the Service");
     assert_eq!(got.value, b"hello");
     assert!(got.revision >= put.revision);
+
+    // And from inside a pod, through the Service's DNS name: one pod writes, the host reads;
+    // the host writes, a second pod compares-and-swaps on what it reads.
+    let endpoint = format!("demo.{}.svc.cluster.local:7000", ns.name);
+    run_raftctl_pod(
+        &client,
+        &ns.name,
+        "writer",
+        &[
+            "put",
+            "from-pod",
+            "written-in-a-pod",
+            "--endpoints",
+            &endpoint,
+        ],
+    )
+    .await;
+    let got = kv
+        .get(b"from-pod", raft_proto::Consistency::Linearizable)
+        .await
+        .expect("get what the pod wrote");
+    assert_eq!(got.value, b"written-in-a-pod");
+    kv.put(b"from-host", b"written-on-the-host")
+        .await
+        .expect("put from the host");
+    run_raftctl_pod(
+        &client,
+        &ns.name,
+        "reader",
+        &[
+            "cas",
+            "from-host",
+            "seen-by-a-pod",
+            "--expect-value",
+            "written-on-the-host",
+            "--endpoints",
+            &endpoint,
+        ],
+    )
+    .await;
+    let got = kv
+        .get(b"from-host", raft_proto::Consistency::Linearizable)
+        .await
+        .expect("get what the pod swapped");
+    assert_eq!(
+        got.value, b"seen-by-a-pod",
+        "the pod read the host's write and swapped it"
+    );
+    println!("client Service works from the host and from pods ({endpoint})");
+}
+
+/// Runs `raftctl ARGS` in a pod (image `raftctl`, which the sandbox maps to this checkout's
+/// binary) and waits for it to succeed; a failed run fails the test.
+async fn run_raftctl_pod(client: &Client, ns: &str, name: &str, args: &[&str]) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "raftctl", "image": "raftctl:e2e", "args": args}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create the raftctl pod");
+    let phase = poll_for(
+        Duration::from_secs(60),
+        &format!("pod {name} to finish"),
+        || async {
+            let p = pods.get(name).await.ok()?;
+            let phase = p.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    assert_eq!(phase, "Succeeded", "raftctl {args:?} in pod {name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,4 +378,160 @@ async fn deleting_the_cluster_removes_pods_and_services_and_keeps_volumes() {
         kept, 3,
         "retention whenDeleted=Retain keeps every member's volume"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_is_refused_then_rebuilt_learner_first() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "wiped").await;
+    let _operator = Operator::start(&ns.name);
+    create_cluster(
+        &client,
+        &ns.name,
+        "wipe",
+        json!({"replicas": 3, "version": "e2e"}),
+    )
+    .await;
+    let cluster = wait_ready(&client, &ns.name, "wipe", 3, Duration::from_secs(180)).await;
+    let uid = cluster.metadata.uid.clone().unwrap();
+    let status = cluster.status.unwrap();
+    let leader = status.leader.clone().unwrap();
+    let victim = status
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .find(|n| *n != leader)
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let leader_ip = common::pod_ip(&pods.get(&leader).await.unwrap());
+    let kv = raft_proto::RaftClient::new(&[format!("{leader_ip}:7000")]).unwrap();
+    kv.put(b"before-wipe", b"kept").await.expect("put");
+
+    // Wipe the follower's data: its claim (the sandbox provisioner deletes the volume with it)
+    // and its pod. The operator recreates both; the new member starts empty.
+    let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let claim = format!("data-{victim}");
+    volumes
+        .delete(&claim, &DeleteParams::default())
+        .await
+        .expect("delete the claim");
+    pods.delete(&victim, &DeleteParams::default())
+        .await
+        .expect("delete the pod");
+    let started = Instant::now();
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), &ns.name);
+    // The status says the member lost its data and is refused, while the operator rebuilds it.
+    let message = poll_for(
+        Duration::from_secs(120),
+        "the status to report the wiped member",
+        || async {
+            let c = api.get("wipe").await.ok()?;
+            let m = c.status?.members.into_iter().find(|m| m.name == victim)?;
+            m.message.filter(|msg| msg.contains("empty data directory"))
+        },
+    )
+    .await;
+    println!("status of the wiped member: {message}");
+    let cluster = wait_ready(&client, &ns.name, "wipe", 3, Duration::from_secs(180)).await;
+    println!(
+        "wiped member rebuilt learner-first and voting again after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("wipe"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|m| m.contains("lost its data directory")),
+        "an Event names the removal of the wiped member: {reasons:?}"
+    );
+    // One cluster, same identity everywhere, and the data came back to the rebuilt member.
+    let status = cluster.status.unwrap();
+    assert_eq!(status.cluster_id.as_deref(), Some(uid.as_str()));
+    let ip = common::pod_ip(&pods.get(&victim).await.unwrap());
+    let member = raft_operator::admin::member_status(&format!("{ip}:7000"))
+        .await
+        .unwrap();
+    assert_eq!(member.cluster_id.as_deref(), Some(uid.as_str()));
+    assert_eq!(member.voters.len(), 3);
+    let only_victim = raft_proto::RaftClient::new(&[format!("{ip}:7000")]).unwrap();
+    let got = only_victim
+        .get(b"before-wipe", raft_proto::Consistency::Stale)
+        .await
+        .expect("stale read on the rebuilt member");
+    assert_eq!(got.value, b"kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_replicas_share_one_lease_and_the_standby_takes_over() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "ha").await;
+    let flags = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        ns.name.as_str(),
+    ];
+    let mut first = Operator::start_with(&ns.name, "op-a", &flags, &[]);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns.name);
+    let holder = |name: &'static str| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|l| l.spec?.holder_identity)
+                .filter(|h| h == name)
+        }
+    };
+    poll_for(Duration::from_secs(30), "op-a to hold the lease", || {
+        holder("op-a")
+    })
+    .await;
+    let _second = Operator::start_with(&ns.name, "op-b", &flags, &[]);
+    create_cluster(
+        &client,
+        &ns.name,
+        "ha",
+        json!({"replicas": 3, "version": "e2e"}),
+    )
+    .await;
+    wait_ready(&client, &ns.name, "ha", 3, Duration::from_secs(180)).await;
+    // The standby never took the lease while the holder was alive.
+    assert!(holder("op-a").await.is_some(), "op-a still holds the lease");
+
+    // Kill the holder; the standby takes over and carries out a scale-up alone.
+    first.kill();
+    let killed = Instant::now();
+    poll_for(Duration::from_secs(60), "op-b to take the lease", || {
+        holder("op-b")
+    })
+    .await;
+    println!(
+        "standby took the lease {:.1}s after the holder died",
+        killed.elapsed().as_secs_f64()
+    );
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), &ns.name);
+    api.patch(
+        "ha",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .expect("scale to 5");
+    let cluster = wait_ready(&client, &ns.name, "ha", 5, Duration::from_secs(240)).await;
+    assert_eq!(sorted_placement(&cluster), vec![2, 2, 1]);
 }

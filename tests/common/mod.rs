@@ -195,13 +195,24 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, "operator", &[], &[])
+    }
+
+    /// An operator process named `name` (its log file and POD_NAME, which is its leader-election
+    /// identity) with extra flags and environment.
+    pub fn start_with(
+        namespace: &str,
+        name: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log_path = log_dir.join(format!("{namespace}-operator.log"));
+        let log_path = log_dir.join(format!("{namespace}-{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -217,7 +228,10 @@ impl Operator {
                 "--log-format",
                 "text",
             ])
+            .args(extra_args)
             .env("RUST_LOG", "info,kube=warn")
+            .env("POD_NAME", name)
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
             .spawn()
