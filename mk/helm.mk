@@ -13,7 +13,7 @@ DEPS_TARGETS += deps-helm
 # `make deps` (run by .ci/run) installs helm too.
 deps: deps-helm
 
-.PHONY: deps-helm chart-crds test-helm test-examples
+.PHONY: deps-helm chart-crds test-helm test-examples test-helm-install
 
 ## deps-helm: install helm v$(HELM_VERSION) into $(HELM) unless it is already there (idempotent).
 deps-helm:
@@ -47,3 +47,15 @@ test-helm:
 ## test-examples: examples/*.yaml against the RaftCluster CRD schema and its CEL rules.
 test-examples:
 	$(CARGO) test -q --test examples_valid
+
+## test-helm-install: helm install into the sandbox (2 replicas, in-cluster config), a 5-voter
+## cluster from examples/ reaches Ready, RBAC refuses what the role does not grant, and helm
+## uninstall leaves the cluster and its data alone. The sandbox maps the image `raft-operator`
+## to this checkout's debug build.
+test-helm-install: sandbox-up
+	@[ -x "$(HELM)" ] || { echo "helm is missing at $(HELM): run 'make deps-helm'" >&2; exit 1; }
+	$(CARGO) build -q -p raft-operator --bin raft-operator -p raftd --bin raftd -p raftctl --bin raftctl
+	HELM="$(HELM)" KUBECONFIG=/var/lib/raft-sandbox/kubeconfig RAFTCTL=$${CARGO_TARGET_DIR:-target}/debug/raftctl \
+		tests/helm/install_e2e.sh
+
+TEST_TARGETS += test-helm-install
