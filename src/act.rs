@@ -236,6 +236,31 @@ pub async fn execute(
         Action::ReplaceMember { ordinal, .. } => {
             delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
         }
+        Action::ForceRecover {
+            ordinal, new_epoch, ..
+        } => {
+            let addr = admin_addr(o, *ordinal, "force a recovery")?;
+            let result = admin::force_recover(&addr, &o.uid, *new_epoch).await?;
+            tracing::warn!(
+                cluster = %o.name,
+                survivor = %member_name(&o.name, *ordinal),
+                previous_last_index = result.previous_last_index,
+                previous_last_term = result.previous_last_term,
+                epoch = result.epoch,
+                already = result.already,
+                "forced recovery carried out"
+            );
+            Ok(())
+        }
+        Action::RebuildMember { ordinal, .. } => {
+            delete(
+                &volumes,
+                "PersistentVolumeClaim",
+                &manifests::volume_name(&o.name, *ordinal),
+            )
+            .await?;
+            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
+        }
     }
 }
 

@@ -141,7 +141,15 @@ async fn apply(cluster: &RaftCluster, ctx: &Context) -> Result<Requeue, Reconcil
     act::apply_cluster_objects(&ctx.client, cluster, &observed, &action).await?;
     let acted = act::execute(&ctx.client, cluster, &observed, &action).await;
     // status (written even when the action failed, so the status says what was seen)
-    let new_status = compute_status(&observed, &action);
+    let mut new_status = compute_status(&observed, &action);
+    if acted.is_ok() {
+        status::record_recovery(
+            &mut new_status,
+            &observed,
+            &action,
+            k8s_openapi::jiff::Timestamp::now().to_string(),
+        );
+    }
     write_status(ctx, cluster, &new_status).await?;
     publish_events(
         ctx,

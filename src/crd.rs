@@ -350,10 +350,92 @@ pub struct RaftClusterStatus {
     /// Progress of a rollout or scale change, so a restarted operator resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// Quorum-loss recovery: the plan awaiting approval, and every recovery carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
     /// Available, Progressing, Degraded, QuorumLost, ZoneFaultTolerant, RolloutBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Annotation a person sets on a RaftCluster to approve the recovery plan in
+/// `status.recovery.proposal`; its value must be the plan's `id`.
+pub const APPROVE_RECOVERY_ANNOTATION: &str = "raft-operator.dev/approve-recovery";
+
+/// Quorum-loss recovery state.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// The plan the operator proposes while a majority is lost for good; nothing is done
+    /// until a person approves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<RecoveryProposal>,
+    /// Recoveries carried out, oldest first: the audit record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RecoveryRecord>,
+}
+
+/// A forced recovery the operator proposes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryProposal {
+    /// Plan id; approve with `kubectl annotate raftcluster NAME raft-operator.dev/approve-recovery=ID`.
+    pub id: String,
+    /// The member that becomes the only voter: the most up-to-date survivor.
+    pub survivor: String,
+    /// Its last log index.
+    pub survivor_last_index: u64,
+    /// Its last log term.
+    pub survivor_last_term: u64,
+    /// The epoch the cluster moves to.
+    pub new_epoch: u64,
+    /// Every voter that still holds data and answered, with its last log position.
+    pub candidates: Vec<RecoveryCandidate>,
+    /// Voters whose data is gone.
+    pub lost_members: Vec<String>,
+    /// Highest commit index the operator saw before the loss.
+    pub highest_commit_index_seen: u64,
+    /// Committed entries that may be lost: `highestCommitIndexSeen - survivorLastIndex`.
+    pub possibly_lost_entries: u64,
+    /// The exact command that approves this plan.
+    pub approve_with: String,
+}
+
+/// One survivor considered for recovery.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryCandidate {
+    /// Member name.
+    pub name: String,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last log term.
+    pub last_log_term: u64,
+}
+
+/// A recovery that was carried out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryRecord {
+    /// The approved plan id.
+    pub id: String,
+    /// The member that became the only voter.
+    pub survivor: String,
+    /// Epoch before and after.
+    pub from_epoch: u64,
+    /// Epoch after.
+    pub to_epoch: u64,
+    /// Entries up to this index were kept.
+    pub kept_through_index: u64,
+    /// Highest commit index seen before the loss.
+    pub highest_commit_index_seen: u64,
+    /// Committed entries that may have been lost.
+    pub possibly_lost_entries: u64,
+    /// Voters whose data was gone.
+    pub lost_members: Vec<String>,
+    /// When it ran (RFC 3339).
+    pub at: String,
 }
 
 /// Voters in one zone.

@@ -184,5 +184,9 @@ pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed,
         target_revision: pod_revision(&cluster.spec),
         members,
         now_unix: k8s_openapi::jiff::Timestamp::now().as_second(),
+        recovery_approval: cluster
+            .annotations()
+            .get(crate::crd::APPROVE_RECOVERY_ANNOTATION)
+            .cloned(),
     })
 }

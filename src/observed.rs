@@ -37,6 +37,8 @@ pub struct Observed {
     pub members: Vec<MemberObserved>,
     /// Wall-clock seconds since the epoch at observation (for gate timeouts).
     pub now_unix: i64,
+    /// Value of the `raft-operator.dev/approve-recovery` annotation, if set.
+    pub recovery_approval: Option<String>,
 }
 
 /// One member: its pod, its volume, and what its raftd said.
@@ -140,6 +142,13 @@ impl Observed {
             .unwrap_or(0)
             .max(self.previous_status.epoch)
             .max(1)
+    }
+
+    /// Whether a member holds this cluster's state from an epoch a recovery left behind.
+    pub fn is_before_recovery(&self, raft: &RaftObserved) -> bool {
+        raft.initialized
+            && raft.cluster_id.as_deref() == Some(self.uid.as_str())
+            && raft.epoch < self.current_epoch()
     }
 
     /// Whether a member's durable state belongs to this cluster (same id, current epoch).
@@ -248,6 +257,13 @@ impl Observed {
                 "{name} holds no Raft state (empty data directory){refused}"
             ));
         }
+        if self.is_before_recovery(raft) {
+            return Some(format!(
+                "{name} holds data of epoch {}, from before the recovery to epoch {}: the cluster refuses it and it is rebuilt",
+                raft.epoch,
+                self.current_epoch()
+            ));
+        }
         if !self.is_this_cluster(raft) {
             return Some(format!(
                 "{name} belongs to cluster {} epoch {}, not this one",
@@ -328,6 +344,7 @@ pub mod fixtures {
     use crate::crd::RaftClusterSpec;
 
     /// Builds an [`Observed`] for table tests.
+    #[derive(Clone)]
     pub struct ObservedBuilder {
         observed: Observed,
     }
@@ -350,6 +367,7 @@ pub mod fixtures {
                     target_revision: "rev-2".into(),
                     members: Vec::new(),
                     now_unix: 1_000_000,
+                    recovery_approval: None,
                 },
             }
         }

@@ -70,6 +70,23 @@ pub enum Action {
         /// Why now, for the Event.
         reason: String,
     },
+    /// Approved disaster recovery: make `ordinal` the only voter and move to `new_epoch`.
+    ForceRecover {
+        /// The survivor.
+        ordinal: u32,
+        /// The epoch after recovery.
+        new_epoch: u64,
+        /// The approved plan id.
+        plan_id: String,
+    },
+    /// Delete a member's volume and pod so it comes back empty and is rebuilt learner-first:
+    /// only for data of this cluster from before a recovery, which the cluster refuses.
+    RebuildMember {
+        /// Member to rebuild.
+        ordinal: u32,
+        /// Why.
+        reason: String,
+    },
     /// A disruptive step is due but not safe; nothing is done until the cause clears.
     Blocked {
         /// The exact cause, e.g. `demo-2 is 12034 entries behind (max 1000)`.
@@ -91,6 +108,8 @@ impl Action {
             Action::RemoveMember { .. } => ("remove_member", "RemovingMember"),
             Action::DeleteMember { .. } => ("delete_member", "DeletingMember"),
             Action::ReplaceMember { .. } => ("replace_member", "ReplacingMember"),
+            Action::ForceRecover { .. } => ("force_recover", "ForcingRecovery"),
+            Action::RebuildMember { .. } => ("rebuild_member", "RebuildingMember"),
             Action::Blocked { .. } => ("blocked", "Blocked"),
         }
     }
@@ -150,7 +169,7 @@ pub fn plan_next_action(o: &Observed) -> Action {
     }
 
     let Some(leader) = o.leader() else {
-        return Action::wait(no_leader_reason(o, &voters));
+        return plan_without_leader(o, &voters);
     };
     let leader_ordinal = leader.ordinal;
 
@@ -201,9 +220,37 @@ pub fn plan_next_action(o: &Observed) -> Action {
         };
     }
 
-    // Scale up: one member at a time, learner first.
+    // A member holding this cluster's data from before a recovery is refused by the cluster
+    // (its epoch is old): its data was given up when the recovery was approved.
+    if let Some(old) = o.members.iter().find(|m| {
+        !voters.contains(&m.ordinal)
+            && !learners.contains(&m.ordinal)
+            && m.raft.as_ref().is_some_and(|r| o.is_before_recovery(r))
+    }) {
+        let epoch = old.raft.as_ref().map(|r| r.epoch).unwrap_or(0);
+        return Action::RebuildMember {
+            ordinal: old.ordinal,
+            reason: format!(
+                "{} holds data of epoch {epoch}, from before the recovery to epoch {}; the cluster refuses it, so its volume is deleted and it is rebuilt learner-first",
+                member_name(&o.name, old.ordinal),
+                o.current_epoch()
+            ),
+        };
+    }
+
+    // Scale up: one member at a time, learner first. Prefer a free ordinal whose member can
+    // act now (no pod yet, or answering) over one that is down.
     if (voters.len() as u32) < desired {
-        let Some(next) = (0..desired).find(|ordinal| !voters.contains(ordinal)) else {
+        let free: Vec<u32> = (0..desired).filter(|ordinal| !voters.contains(ordinal)).collect();
+        let Some(next) = free
+            .iter()
+            .copied()
+            .find(|ordinal| {
+                o.member(*ordinal)
+                    .is_none_or(|m| m.pod.is_none() || m.raft.is_some())
+            })
+            .or_else(|| free.first().copied())
+        else {
             return Action::wait("no free ordinal below replicas");
         };
         if let Err(reason) = others_healthy(o, &voters, None) {
@@ -440,6 +487,124 @@ pub fn disruption_gate(
 }
 
 /// Why there is no leader, naming who is unreachable and how many voters are needed.
+/// No leader: an election in progress, a transient loss of quorum (wait for the members whose
+/// volumes survive), or a permanent one (propose a recovery; act only once it is approved).
+fn plan_without_leader(o: &Observed, voters: &BTreeSet<u32>) -> Action {
+    let reason = no_leader_reason(o, voters);
+    let Some(proposal) = recovery_proposal(o) else {
+        return Action::wait(reason);
+    };
+    if o.spec.recovery.policy == crate::crd::RecoveryPolicy::Disabled {
+        return Action::Blocked {
+            reason: format!(
+                "{reason}. The quorum cannot come back ({} lost their data); spec.recovery.policy is Disabled, so the operator does not recover",
+                proposal.lost_members.join(", ")
+            ),
+        };
+    }
+    if o.spec.paused {
+        return Action::wait(format!("{reason}. paused: spec.paused is true"));
+    }
+    if o.recovery_approval.as_deref() == Some(proposal.id.as_str()) {
+        let Some(ordinal) = ordinal_of_name(&o.name, &proposal.survivor) else {
+            return Action::wait(reason);
+        };
+        return Action::ForceRecover {
+            ordinal,
+            new_epoch: proposal.new_epoch,
+            plan_id: proposal.id,
+        };
+    }
+    Action::Blocked {
+        reason: format!(
+            "quorum cannot come back: {} lost their data. Recovery plan {}: make {} (last log {}/{}) the only voter and rebuild the rest; up to {} committed entries may be lost. Approve with: {}",
+            proposal.lost_members.join(", "),
+            proposal.id,
+            proposal.survivor,
+            proposal.survivor_last_term,
+            proposal.survivor_last_index,
+            proposal.possibly_lost_entries,
+            proposal.approve_with
+        ),
+    }
+}
+
+fn ordinal_of_name(cluster: &str, member: &str) -> Option<u32> {
+    member
+        .strip_prefix(cluster)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+/// The recovery plan when a majority of voters is lost for good, i.e. fewer than a quorum of
+/// voters still hold data (answering with this cluster's state, or down with their volume).
+/// `None` while the quorum can still come back by itself. Pure.
+pub fn recovery_proposal(o: &Observed) -> Option<crate::crd::RecoveryProposal> {
+    if o.leader().is_some() || !o.bootstrapped() {
+        return None;
+    }
+    let membership = o.membership();
+    let voters: Vec<u32> = membership.voters.iter().filter_map(|id| ordinal_of(*id)).collect();
+    if voters.is_empty() {
+        return None;
+    }
+    let data_gone = |ordinal: u32| match o.member(ordinal) {
+        None => true,
+        Some(m) => {
+            !m.volume_exists
+                || m.raft
+                    .as_ref()
+                    .is_some_and(|r| !r.initialized || !o.is_this_cluster(r))
+        }
+    };
+    let lost: Vec<u32> = voters.iter().copied().filter(|v| data_gone(*v)).collect();
+    let holding = voters.len() - lost.len();
+    if holding as u32 >= quorum::majority(voters.len() as u32) {
+        return None;
+    }
+    let mut candidates: Vec<(u32, u64, u64)> = voters
+        .iter()
+        .copied()
+        .filter(|v| !lost.contains(v))
+        .filter_map(|v| {
+            let r = o.member(v)?.raft.as_ref()?;
+            Some((v, r.last_log_term, r.last_log_index))
+        })
+        .collect();
+    // Most up to date first: highest (last term, last index), then the lowest ordinal.
+    candidates.sort_by(|a, b| (b.1, b.2, a.0).cmp(&(a.1, a.2, b.0)));
+    let &(survivor, term, index) = candidates.first()?;
+    let new_epoch = o.current_epoch() + 1;
+    let survivor_name = member_name(&o.name, survivor);
+    let id = format!("{survivor_name}-to-epoch-{new_epoch}");
+    let highest = o.previous_status.commit_index;
+    Some(crate::crd::RecoveryProposal {
+        approve_with: format!(
+            "kubectl -n {} annotate raftcluster {} {}={id} --overwrite",
+            o.namespace,
+            o.name,
+            crate::crd::APPROVE_RECOVERY_ANNOTATION
+        ),
+        id,
+        survivor: survivor_name,
+        survivor_last_index: index,
+        survivor_last_term: term,
+        new_epoch,
+        candidates: candidates
+            .iter()
+            .map(|(v, t, i)| crate::crd::RecoveryCandidate {
+                name: member_name(&o.name, *v),
+                last_log_index: *i,
+                last_log_term: *t,
+            })
+            .collect(),
+        lost_members: lost.iter().map(|v| member_name(&o.name, *v)).collect(),
+        highest_commit_index_seen: highest,
+        possibly_lost_entries: highest.saturating_sub(index),
+    })
+}
+
 fn no_leader_reason(o: &Observed, voters: &BTreeSet<u32>) -> String {
     let reachable: Vec<u32> = voters
         .iter()
@@ -816,5 +981,131 @@ mod tests {
             .lagging(1, 50)
             .build();
         assert_eq!(pick_successor(&o, &voters, 0), Some(2));
+    }
+
+    /// 5 voters, members 2, 3 and 4 wiped (answering with no state); 0 and 1 survive with
+    /// logs ending at 90 and 100 in term 2; the operator saw commit index 120.
+    fn majority_wiped() -> ObservedBuilder {
+        let mut b = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .status(|s| s.commit_index = 120);
+        for ordinal in 0..5 {
+            b = b.member(ordinal, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.role = MemberRole::Candidate;
+                r.leader_id = None;
+                r.matched.clear();
+            });
+        }
+        for ordinal in 2..5 {
+            b = b.member(ordinal, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.initialized = false;
+                r.awaiting_join = true;
+                r.cluster_id = None;
+                r.voters.clear();
+            });
+        }
+        b.member(0, |m| m.raft.as_mut().unwrap().last_log_index = 90)
+            .member(1, |m| m.raft.as_mut().unwrap().last_log_index = 100)
+    }
+
+    #[test]
+    fn transient_quorum_loss_waits_for_members_with_volumes() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .unreachable(0)
+            .unreachable(1)
+            .unreachable(2)
+            .build();
+        assert!(recovery_proposal(&o).is_none());
+        match plan_next_action(&o) {
+            Action::Wait { reason } => {
+                assert!(reason.contains("quorum lost"), "{reason}");
+                assert!(reason.contains("rejoin by themselves"), "{reason}");
+            }
+            other => panic!("expected Wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn permanent_loss_proposes_the_most_up_to_date_survivor_and_waits_for_approval() {
+        let o = majority_wiped().build();
+        let p = recovery_proposal(&o).unwrap();
+        assert_eq!(p.survivor, "demo-1");
+        assert_eq!((p.survivor_last_term, p.survivor_last_index), (2, 100));
+        assert_eq!(p.new_epoch, 2);
+        assert_eq!(p.id, "demo-1-to-epoch-2");
+        assert_eq!(p.lost_members, vec!["demo-2", "demo-3", "demo-4"]);
+        assert_eq!(p.candidates.len(), 2);
+        assert_eq!(p.possibly_lost_entries, 20);
+        match plan_next_action(&o) {
+            Action::Blocked { reason } => {
+                assert!(reason.contains("demo-1-to-epoch-2"), "{reason}");
+                assert!(reason.contains("kubectl -n ns annotate raftcluster demo raft-operator.dev/approve-recovery=demo-1-to-epoch-2"), "{reason}");
+            }
+            other => panic!("expected Blocked, got {other:?}"),
+        }
+        // A higher last term beats a longer log.
+        let o = majority_wiped()
+            .member(0, |m| m.raft.as_mut().unwrap().last_log_term = 3)
+            .build();
+        assert_eq!(recovery_proposal(&o).unwrap().survivor, "demo-0");
+    }
+
+    #[test]
+    fn approved_recovery_forces_the_survivor_and_a_wrong_approval_does_nothing() {
+        let mut o = majority_wiped().build();
+        o.recovery_approval = Some("demo-0-to-epoch-2".into());
+        assert!(matches!(plan_next_action(&o), Action::Blocked { .. }));
+        o.recovery_approval = Some("demo-1-to-epoch-2".into());
+        assert_eq!(
+            plan_next_action(&o),
+            Action::ForceRecover {
+                ordinal: 1,
+                new_epoch: 2,
+                plan_id: "demo-1-to-epoch-2".into()
+            }
+        );
+        let mut disabled = majority_wiped()
+            .spec(|s| s.recovery.policy = crate::crd::RecoveryPolicy::Disabled)
+            .build();
+        disabled.recovery_approval = Some("demo-1-to-epoch-2".into());
+        match plan_next_action(&disabled) {
+            Action::Blocked { reason } => assert!(reason.contains("Disabled"), "{reason}"),
+            other => panic!("expected Blocked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_recovery_old_epoch_members_are_rebuilt_and_wiped_ones_join() {
+        // demo-1 leads alone at epoch 2; demo-0 still holds epoch-1 data; 2..4 are empty.
+        let mut b = majority_wiped().status(|s| s.epoch = 2);
+        b = b.member(1, |m| {
+            let r = m.raft.as_mut().unwrap();
+            r.role = MemberRole::Leader;
+            r.epoch = 2;
+            r.term = 3;
+            r.leader_id = Some(2);
+            r.voters = vec![2];
+            r.matched = [(2, 101)].into();
+        });
+        let o = b.clone().build();
+        assert!(recovery_proposal(&o).is_none());
+        match plan_next_action(&o) {
+            Action::RebuildMember { ordinal, reason } => {
+                assert_eq!(ordinal, 0);
+                assert!(reason.contains("epoch 1"), "{reason}");
+            }
+            other => panic!("expected RebuildMember, got {other:?}"),
+        }
+        assert!(
+            o.health_problem(0)
+                .unwrap()
+                .contains("from before the recovery to epoch 2")
+        );
+        // Once demo-0 is down (being rebuilt), the empty members are added, learner first.
+        let o = b.unreachable(0).build();
+        assert_eq!(plan_next_action(&o), Action::AddLearner { ordinal: 2 });
     }
 }

@@ -1,7 +1,10 @@
 //! The status the operator writes: computed, purely, from what was observed and the action
 //! planned. Fault tolerance comes from where healthy voters actually run, not from the plan.
 
-use crate::crd::{MemberRole, MemberStatus, RaftClusterStatus, RolloutStatus, ZoneVoters};
+use crate::crd::{
+    MemberRole, MemberStatus, RaftClusterStatus, RecoveryRecord, RecoveryStatus, RolloutStatus,
+    ZoneVoters,
+};
 use crate::observed::{Observed, member_name, raft_id_of};
 use crate::plan::Action;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -149,8 +152,49 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
             .collect(),
         members,
         rollout,
+        recovery: recovery_status(o),
         conditions,
     }
+}
+
+/// The recovery proposal while one is needed; the history is carried over.
+fn recovery_status(o: &Observed) -> Option<RecoveryStatus> {
+    let history = o
+        .previous_status
+        .recovery
+        .as_ref()
+        .map(|r| r.history.clone())
+        .unwrap_or_default();
+    let proposal = crate::plan::recovery_proposal(o);
+    (proposal.is_some() || !history.is_empty()).then_some(RecoveryStatus { proposal, history })
+}
+
+/// Records a recovery that was carried out in the status (the audit record). Called only when
+/// the ForceRecover action succeeded.
+pub fn record_recovery(status: &mut RaftClusterStatus, o: &Observed, action: &Action, at: String) {
+    let Action::ForceRecover {
+        new_epoch, plan_id, ..
+    } = action
+    else {
+        return;
+    };
+    let Some(proposal) = crate::plan::recovery_proposal(o) else {
+        return;
+    };
+    let recovery = status.recovery.get_or_insert_with(RecoveryStatus::default);
+    recovery.proposal = None;
+    recovery.history.push(RecoveryRecord {
+        id: plan_id.clone(),
+        survivor: proposal.survivor,
+        from_epoch: o.current_epoch(),
+        to_epoch: *new_epoch,
+        kept_through_index: proposal.survivor_last_index,
+        highest_commit_index_seen: proposal.highest_commit_index_seen,
+        possibly_lost_entries: proposal.possibly_lost_entries,
+        lost_members: proposal.lost_members,
+        at,
+    });
+    status.epoch = *new_epoch;
 }
 
 fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<RolloutStatus> {
@@ -175,7 +219,8 @@ fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<Rollo
         | Action::AddLearner { ordinal }
         | Action::PromoteVoter { ordinal }
         | Action::RemoveMember { ordinal, .. }
-        | Action::DeleteMember { ordinal, .. } => Some(member_name(&o.name, *ordinal)),
+        | Action::DeleteMember { ordinal, .. }
+        | Action::RebuildMember { ordinal, .. } => Some(member_name(&o.name, *ordinal)),
         Action::TransferLeadership { from, .. } => Some(member_name(&o.name, *from)),
         _ => None,
     };
@@ -397,6 +442,29 @@ pub fn describe(o: &Observed, action: &Action) -> String {
             voters.len()
         ),
         Action::AddLearner { ordinal } => format!("adding {} as a learner", name(ordinal)),
+        Action::ForceRecover {
+            ordinal,
+            new_epoch,
+            plan_id,
+        } => {
+            let loss = crate::plan::recovery_proposal(o)
+                .map(|p| {
+                    format!(
+                        "; entries through index {} (term {}) are kept, up to {} committed entries after it (highest commit index seen {}) may be lost; lost members: {}",
+                        p.survivor_last_index,
+                        p.survivor_last_term,
+                        p.possibly_lost_entries,
+                        p.highest_commit_index_seen,
+                        p.lost_members.join(", ")
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "recovery {plan_id} approved: making {} the only voter, epoch {new_epoch}{loss}",
+                name(ordinal)
+            )
+        }
+        Action::RebuildMember { reason, .. } => format!("rebuilding: {reason}"),
         Action::PromoteVoter { ordinal } => format!("promoting {} to voter", name(ordinal)),
         Action::TransferLeadership { from, to } => {
             format!("moving leadership from {} to {}", name(from), name(to))
