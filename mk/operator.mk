@@ -6,6 +6,6 @@
 test-operator-e2e: sandbox-up
 	$(CARGO) build -q -p raftd --bin raftd -p raftctl --bin raftctl
 	KUBECONFIG=/var/lib/raft-sandbox/kubeconfig $(CARGO) test --features sandbox-e2e \
-		--test operator_e2e --test rollout_e2e -- --test-threads=1 --nocapture
+		--test operator_e2e --test rollout_e2e --test recovery_e2e -- --test-threads=1 --nocapture
 
 TEST_TARGETS += test-operator-e2e

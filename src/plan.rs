@@ -241,7 +241,9 @@ pub fn plan_next_action(o: &Observed) -> Action {
     // Scale up: one member at a time, learner first. Prefer a free ordinal whose member can
     // act now (no pod yet, or answering) over one that is down.
     if (voters.len() as u32) < desired {
-        let free: Vec<u32> = (0..desired).filter(|ordinal| !voters.contains(ordinal)).collect();
+        let free: Vec<u32> = (0..desired)
+            .filter(|ordinal| !voters.contains(ordinal))
+            .collect();
         let Some(next) = free
             .iter()
             .copied()
@@ -545,7 +547,11 @@ pub fn recovery_proposal(o: &Observed) -> Option<crate::crd::RecoveryProposal> {
         return None;
     }
     let membership = o.membership();
-    let voters: Vec<u32> = membership.voters.iter().filter_map(|id| ordinal_of(*id)).collect();
+    let voters: Vec<u32> = membership
+        .voters
+        .iter()
+        .filter_map(|id| ordinal_of(*id))
+        .collect();
     if voters.is_empty() {
         return None;
     }

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{Operator, TestNamespace, client, install_crd, node_zones, poll_for, wait_until};
+use common::{
+    Operator, TestNamespace, client, create_cluster, install_crd, node_zones, poll_for, wait_ready,
+    wait_until,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -13,50 +16,6 @@ use raft_operator::crd::{MemberRole, RaftCluster};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-async fn create_cluster(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> RaftCluster {
-    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
-    let cluster: RaftCluster = serde_json::from_value(json!({
-        "apiVersion": "raft-operator.dev/v1alpha1",
-        "kind": "RaftCluster",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &cluster)
-        .await
-        .expect("create RaftCluster")
-}
-
-/// Wait until the cluster reports Available with every voter healthy; returns it.
-async fn wait_ready(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    voters: u32,
-    timeout: Duration,
-) -> RaftCluster {
-    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
-    poll_for(
-        timeout,
-        &format!("{name} Available with {voters} healthy voters"),
-        || async {
-            let c = api.get(name).await.ok()?;
-            let s = c.status.as_ref()?;
-            let available = s
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            (available && s.healthy_voters == voters && s.leader.is_some()).then_some(c)
-        },
-    )
-    .await
-}
 
 fn sorted_placement(cluster: &RaftCluster) -> Vec<u32> {
     let mut placement: Vec<u32> = cluster

@@ -250,3 +250,48 @@ impl Drop for Operator {
         self.kill();
     }
 }
+
+/// Create a RaftCluster named `name` with this spec.
+pub async fn create_cluster(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> RaftCluster {
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
+    let cluster: RaftCluster = serde_json::from_value(json!({
+        "apiVersion": "raft-operator.dev/v1alpha1",
+        "kind": "RaftCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .expect("create RaftCluster")
+}
+
+/// Wait until the cluster reports Available with every voter healthy; returns it.
+pub async fn wait_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    voters: u32,
+    timeout: Duration,
+) -> RaftCluster {
+    let api: Api<RaftCluster> = Api::namespaced(client.clone(), ns);
+    poll_for(
+        timeout,
+        &format!("{name} Available with {voters} healthy voters"),
+        || async {
+            let c = api.get(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            let available = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            (available && s.healthy_voters == voters && s.leader.is_some()).then_some(c)
+        },
+    )
+    .await
+}
