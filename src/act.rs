@@ -118,13 +118,16 @@ pub async fn apply_cluster_objects(
         .filter(|ordinal| observed.is_healthy(*ordinal))
         .count() as u32;
     let in_flight = !matches!(action, Action::Wait { reason } if reason.is_empty());
-    let pods = observed.members.iter().filter(|m| m.pod.is_some()).count() as u32;
+    // The budget counts voters, never the pods that happen to exist: while an evicted pod is
+    // gone and Raft has not noticed yet, a pod count would shrink minAvailable and let a second
+    // eviction through.
+    let members = voters.max(u32::try_from(observed.spec.replicas).unwrap_or(0));
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
     let allowed = allowed_disruptions(healthy, voters.max(1), in_flight);
     apply(
         &budgets,
         "PodDisruptionBudget",
-        &disruption_budget(cluster, pods, allowed),
+        &disruption_budget(cluster, members, allowed),
     )
     .await
 }

@@ -209,7 +209,9 @@ pub fn member_pod(cluster: &RaftCluster, ordinal: u32, zone: Option<&str>) -> Po
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(http_probe("/readyz", 1)),
+        // Readiness is what the eviction API trusts: a pod that is not Ready may be evicted
+        // while the budget looks healthy. Two failed probes, not one slow answer, take it out.
+        readiness_probe: Some(http_probe("/readyz", 2)),
         liveness_probe: Some(http_probe("/healthz", 6)),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
@@ -296,7 +298,7 @@ fn http_probe(path: &str, failure_threshold: i32) -> Probe {
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(2),
-        timeout_seconds: Some(1),
+        timeout_seconds: Some(2),
         failure_threshold: Some(failure_threshold),
         ..Probe::default()
     }
@@ -389,19 +391,15 @@ pub fn allowed_disruptions(healthy_voters: u32, voters: u32, step_in_flight: boo
     }
 }
 
-/// The PodDisruptionBudget: `minAvailable` = member pods - allowed disruptions, recomputed
+/// The PodDisruptionBudget: `minAvailable` = voters - allowed disruptions, recomputed
 /// from Raft health on every reconcile, so drains never take two voters or go below quorum.
-pub fn disruption_budget(
-    cluster: &RaftCluster,
-    member_pods: u32,
-    allowed: u32,
-) -> PodDisruptionBudget {
+pub fn disruption_budget(cluster: &RaftCluster, voters: u32, allowed: u32) -> PodDisruptionBudget {
     let name = cluster.metadata.name.clone().unwrap_or_default();
     PodDisruptionBudget {
         metadata: meta(cluster, name.clone(), &[]),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(
-                i32::try_from(member_pods.saturating_sub(allowed)).unwrap_or(i32::MAX),
+                i32::try_from(voters.saturating_sub(allowed)).unwrap_or(i32::MAX),
             )),
             selector: Some(LabelSelector {
                 match_labels: Some(selector(&name)),

@@ -152,7 +152,12 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
     })
 }
 
-/// Ready = initialized, a leader is known, and this node has applied what it knows committed.
+/// How far the applied index may trail the commit index before a node reports it is catching
+/// up. Under load applied trails commit by a few entries at any instant; that is not "behind".
+pub const READY_APPLY_LAG: u64 = 1000;
+
+/// Ready = initialized, a leader is known, and this node has applied (nearly) what it knows
+/// committed.
 pub fn ready(s: &pb::StatusResponse) -> Result<(), String> {
     if !s.initialized {
         return Err("not initialized".into());
@@ -163,7 +168,7 @@ pub fn ready(s: &pb::StatusResponse) -> Result<(), String> {
             s.reachable_voters, s.voters, s.quorum
         ));
     }
-    if s.applied_index < s.commit_index {
+    if s.applied_index + READY_APPLY_LAG < s.commit_index {
         return Err(format!(
             "catching up: applied {} of committed {}",
             s.applied_index, s.commit_index
