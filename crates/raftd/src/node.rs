@@ -22,8 +22,9 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState, Snapsho
 use redb::Database;
 
 use crate::config::{Args, ReadMode};
+use crate::locks::{LockWaiters, validate_lock_command};
 use crate::network::{NetworkShared, PeerTracker, WireIdentity};
-use crate::store::{self, ClusterIdentity, KvState, LogStore, StateMachineStore};
+use crate::store::{self, ClusterIdentity, KvState, LockHub, LogStore, StateMachineStore};
 use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
 
 /// Largest key accepted, in bytes.
@@ -63,6 +64,12 @@ pub enum NodeError {
     Uninitialized(NodeId),
     #[error("refused: {0}")]
     Refused(String),
+    /// Applied as a no-op: a lock command whose token or holder did not match (not applied).
+    #[error("{0}")]
+    LockConflict(String),
+    /// Applied as a no-op: a fenced put whose token is not the lock's current one.
+    #[error("{0}")]
+    FencedWriteRejected(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,6 +144,10 @@ pub struct RaftNode {
     quorum_lost: tokio::sync::watch::Sender<bool>,
     started: Instant,
     rebuild_lock: tokio::sync::Mutex<()>,
+    /// Lock events and counters, shared by every state machine this node builds.
+    pub lock_hub: Arc<LockHub>,
+    /// Blocked acquires waiting on this node (as leader), first in first out per lock.
+    pub lock_waiters: LockWaiters,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> NodeError {
@@ -198,7 +209,8 @@ impl RaftNode {
             grpc_addr: args.grpc_advertise(),
             http_addr: args.http_advertise(),
         };
-        let core = Self::build_core(args.node_id, &raft_config, &network, &db).await?;
+        let lock_hub = Arc::new(LockHub::default());
+        let core = Self::build_core(args.node_id, &raft_config, &network, &db, &lock_hub).await?;
         let (quorum_lost, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(RaftNode {
             id: args.node_id,
@@ -214,6 +226,8 @@ impl RaftNode {
             quorum_lost,
             started: Instant::now(),
             rebuild_lock: tokio::sync::Mutex::new(()),
+            lock_hub,
+            lock_waiters: LockWaiters::default(),
         });
         if node.args.bootstrap {
             let ic = node.args.initial_cluster.clone().unwrap_or_default();
@@ -238,6 +252,7 @@ impl RaftNode {
             tracing::info!(node = node.id, already_initialized = already, "bootstrap");
         }
         tokio::spawn(Self::watchdog(node.clone()));
+        tokio::spawn(crate::locks::lease_keeper(node.clone()));
         Ok(node)
     }
 
@@ -246,8 +261,9 @@ impl RaftNode {
         config: &Arc<openraft::Config>,
         network: &NetworkShared,
         db: &Arc<Database>,
+        hub: &Arc<LockHub>,
     ) -> anyhow::Result<Core> {
-        let sm = StateMachineStore::open(db.clone())?;
+        let sm = StateMachineStore::open_with_hub(db.clone(), hub.clone())?;
         let kv = sm.state.clone();
         let raft = Raft::new(
             id,
@@ -853,7 +869,14 @@ impl RaftNode {
         if let Err(e) = old.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown during step-down");
         }
-        let new = Self::build_core(self.id, &self.raft_config, &self.network, &self.db).await?;
+        let new = Self::build_core(
+            self.id,
+            &self.raft_config,
+            &self.network,
+            &self.db,
+            &self.lock_hub,
+        )
+        .await?;
         match self.core.write() {
             Ok(mut c) => *c = Arc::new(new),
             Err(p) => *p.into_inner() = Arc::new(new),
@@ -918,6 +941,14 @@ pub fn validate_command(cmd: &Command) -> Result<(), NodeError> {
             }
             Ok(())
         }
+        Command::FencedPut {
+            key, value, lock, ..
+        } => {
+            validate_key("key", key)?;
+            validate_value("value", value)?;
+            crate::locks::validate_name("fence_lock", lock)
+        }
+        other => validate_lock_command(other),
     }
 }
 
