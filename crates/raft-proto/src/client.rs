@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
+use crate::pb::lock_client::LockClient;
 
 /// What kind of failure a client call ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,7 +254,21 @@ impl RaftClient {
     }
 
     /// Runs `call` against the leader (following hints) until success, a final error, or the deadline.
-    async fn run<T, F, Fut>(&self, is_write: bool, mut call: F) -> Result<T, ClientError>
+    async fn run<T, F, Fut>(&self, is_write: bool, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.run_for(self.deadline, is_write, call).await
+    }
+
+    /// `run` with an overall deadline other than the client's (a blocking lock acquire).
+    async fn run_for<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        is_write: bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -262,13 +277,13 @@ impl RaftClient {
         let mut addr = self.pick();
         let mut last_err = String::from("no endpoint answered");
         loop {
-            let remaining = self.deadline.saturating_sub(start.elapsed());
+            let remaining = deadline.saturating_sub(start.elapsed());
             if remaining.is_zero() {
                 return Err(ClientError::new(
                     ErrorKind::DeadlineExceeded,
                     format!(
                         "deadline {:?} exceeded (not applied); last error: {last_err}",
-                        self.deadline
+                        deadline
                     ),
                 ));
             }
@@ -307,16 +322,13 @@ impl RaftClient {
                             ErrorKind::OutcomeUnknown,
                             format!(
                                 "outcome unknown: no answer from {addr} within the deadline {:?}",
-                                self.deadline
+                                deadline
                             ),
                         ));
                     }
                     return Err(ClientError::new(
                         ErrorKind::DeadlineExceeded,
-                        format!(
-                            "deadline {:?} exceeded; last error: {last_err}",
-                            self.deadline
-                        ),
+                        format!("deadline {:?} exceeded; last error: {last_err}", deadline),
                     ));
                 }
             }
@@ -330,10 +342,33 @@ impl RaftClient {
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, ClientError> {
-        let msg = pb::PutRequest {
+        self.put_request(pb::PutRequest {
             key: key.to_vec(),
             value: value.to_vec(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A fenced put: applied only while `token` is the current fencing token of `lock`; else
+    /// refused (`ErrorKind::Refused`, "fenced write rejected: ...").
+    pub async fn put_fenced(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lock: &str,
+        token: u64,
+    ) -> Result<pb::PutResponse, ClientError> {
+        self.put_request(pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            fence_lock: lock.to_string(),
+            fence_token: token,
+        })
+        .await
+    }
+
+    async fn put_request(&self, msg: pb::PutRequest) -> Result<pb::PutResponse, ClientError> {
         self.run(true, |ch, t| {
             let m = msg.clone();
             async move {
@@ -412,6 +447,126 @@ impl RaftClient {
             async move {
                 KvClient::new(ch)
                     .list(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Acquires `lock` for `holder` with a lease of `ttl`. With `wait` > 0 the leader queues the
+    /// request (first in, first out) until the lock is granted or `wait` passes; the answer then
+    /// names the current holder. Re-acquiring a held lock as the same holder returns its token.
+    pub async fn acquire_lock(
+        &self,
+        lock: &str,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<pb::AcquireLockResponse, ClientError> {
+        let msg = pb::AcquireLockRequest {
+            lock: lock.to_string(),
+            holder: holder.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+            wait_ms: wait.as_millis() as u64,
+        };
+        let deadline = self.deadline.max(wait + Duration::from_secs(2));
+        self.run_for(deadline, true, |ch, t| {
+            let m = msg.clone();
+            async move {
+                LockClient::new(ch)
+                    .acquire(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Extends the lease of `lock` (ttl zero: the lock's own TTL). Refused when `token` is not
+    /// current (the lease was lost).
+    pub async fn renew_lock(
+        &self,
+        lock: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<pb::RenewLockResponse, ClientError> {
+        let msg = pb::RenewLockRequest {
+            lock: lock.to_string(),
+            token,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.run(true, |ch, t| {
+            let m = msg.clone();
+            async move {
+                LockClient::new(ch)
+                    .renew(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Releases `lock` if `token` is current; a free lock answers `released: false`.
+    pub async fn release_lock(
+        &self,
+        lock: &str,
+        token: u64,
+    ) -> Result<pb::ReleaseLockResponse, ClientError> {
+        let msg = pb::ReleaseLockRequest {
+            lock: lock.to_string(),
+            token,
+        };
+        self.run(true, |ch, t| {
+            let m = msg.clone();
+            async move {
+                LockClient::new(ch)
+                    .release(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// The lock's holder and lease (linearizable unless `consistency` says otherwise).
+    pub async fn lock_status(
+        &self,
+        lock: &str,
+        consistency: Consistency,
+    ) -> Result<pb::LockStatusResponse, ClientError> {
+        let msg = pb::LockStatusRequest {
+            lock: lock.to_string(),
+            consistency: consistency as i32,
+        };
+        self.run(false, |ch, t| {
+            let m = msg.clone();
+            async move {
+                LockClient::new(ch)
+                    .status(Self::req(m, t))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// A stream of applied changes to `lock` from whichever member answers: first its current
+    /// state ("current"), then every grant, renewal, release and expiry in log order.
+    pub async fn watch_lock(
+        &self,
+        lock: &str,
+    ) -> Result<tonic::Streaming<pb::LockEvent>, ClientError> {
+        let msg = pb::WatchLockRequest {
+            lock: lock.to_string(),
+        };
+        self.run(false, |ch, _| {
+            let m = msg.clone();
+            // No timeout on the request: the stream lives as long as the caller reads it.
+            async move {
+                LockClient::new(ch)
+                    .watch(tonic::Request::new(m))
                     .await
                     .map(|r| r.into_inner())
             }

@@ -64,6 +64,9 @@ impl From<ConsistencyArg> for Consistency {
 pub struct PutArgs {
     pub key: String,
     pub value: String,
+    /// Fenced write: applied only while TOKEN is lock NAME's current fencing token (NAME:TOKEN).
+    #[arg(long, value_parser = crate::lock::parse_fence)]
+    pub fence: Option<(String, u64)>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -118,7 +121,7 @@ pub struct ListArgs {
     pub cluster: ClusterArgs,
 }
 
-/// Exit codes: 1 error/not applied, 3 outcome unknown, 4 unavailable.
+/// Exit codes: 1 error/not applied, 2 lock not granted, 3 outcome unknown, 4 unavailable.
 pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
     match err.downcast_ref::<ClientError>().map(|e| e.kind) {
         Some(ErrorKind::OutcomeUnknown) => std::process::ExitCode::from(3),
@@ -142,11 +145,15 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 pub async fn put(a: &PutArgs, out: OutputFormat) -> anyhow::Result<()> {
-    let r = a
-        .cluster
-        .client()?
-        .put(a.key.as_bytes(), a.value.as_bytes())
-        .await?;
+    let client = a.cluster.client()?;
+    let r = match &a.fence {
+        Some((lock, token)) => {
+            client
+                .put_fenced(a.key.as_bytes(), a.value.as_bytes(), lock, *token)
+                .await?
+        }
+        None => client.put(a.key.as_bytes(), a.value.as_bytes()).await?,
+    };
     match out {
         OutputFormat::Json => {
             print_json(&serde_json::json!({"key": a.key, "revision": r.revision}))

@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod kv;
 mod local;
+mod lock;
 mod output;
 mod quorum_cmd;
 
@@ -46,6 +47,9 @@ enum Command {
     Cas(kv::CasArgs),
     /// List keys under a prefix.
     List(kv::ListArgs),
+    /// Distributed locks with fencing tokens: acquire, renew, release, status, watch, run.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
     /// raftd cluster status (from the leader when reachable).
     Status(admin::StatusArgs),
     /// raftd membership: list, add (learner), promote, remove.
@@ -84,6 +88,7 @@ async fn run_async(command: &Command, output: OutputFormat) -> anyhow::Result<()
         Command::Del(a) => kv::del(a, output).await,
         Command::Cas(a) => kv::cas(a, output).await,
         Command::List(a) => kv::list(a, output).await,
+        Command::Lock(c) => lock::run(c, output).await,
         Command::Status(a) => admin::status(a, output).await,
         Command::Member(a) => admin::member(a, output).await,
         Command::TransferLeader(a) => admin::transfer(a, output).await,
@@ -104,8 +109,19 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `lock run` mirrors the command's exit code; the command spoke for itself.
+        Err(err) if err.downcast_ref::<lock::ExitWith>().is_some() => {
+            let code = err
+                .downcast_ref::<lock::ExitWith>()
+                .map(|e| e.0)
+                .unwrap_or(1);
+            std::process::ExitCode::from(code)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
+            if err.downcast_ref::<lock::NotGranted>().is_some() {
+                return std::process::ExitCode::from(2);
+            }
             kv::exit_code(&err)
         }
     }

@@ -1,4 +1,5 @@
-//! gRPC services: the client KV API, the admin API, and the peer transport (server side).
+//! gRPC services: the client KV API, the lock API, the admin API, and the peer transport
+//! (server side).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::forward::{FORWARDED, Forwarder};
+use crate::locks::{self, validate_lock_command};
 use crate::node::{NodeError, RaftNode, ReadLevel, validate_prefix, validate_read_key};
 use crate::status;
-use crate::types::{Command, Expect, MemberNode, SnapshotMeta, Vote};
+use crate::types::{Command, Expect, LockState, MemberNode, SnapshotMeta, Vote};
 
 /// Default deadline when the client sends none.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -37,6 +39,16 @@ pub fn to_status(e: NodeError) -> Status {
         ),
         NodeError::Uninitialized(_) => (tonic::Code::Unavailable, "not-applied", "uninitialized"),
         NodeError::Refused(_) => (tonic::Code::FailedPrecondition, "not-applied", "refused"),
+        NodeError::LockConflict(_) => (
+            tonic::Code::FailedPrecondition,
+            "not-applied",
+            "lock-conflict",
+        ),
+        NodeError::FencedWriteRejected(_) => (
+            tonic::Code::FailedPrecondition,
+            "not-applied",
+            "fenced-write-rejected",
+        ),
         NodeError::Internal(_) => (tonic::Code::Internal, "unknown", "internal"),
     };
     let mut status = Status::new(code, msg);
@@ -158,17 +170,28 @@ impl Kv for KvService {
                 .await;
         }
         let r = req.into_inner();
-        let res = self
-            .node
-            .write(
-                Command::Put {
-                    key: r.key,
-                    value: r.value,
-                },
-                d,
-            )
-            .await
-            .map_err(to_status)?;
+        let cmd = match (r.fence_lock.is_empty(), r.fence_token) {
+            (true, 0) => Command::Put {
+                key: r.key,
+                value: r.value,
+            },
+            (true, _) => {
+                return Err(to_status(NodeError::InvalidArgument {
+                    field: "fence_lock".into(),
+                    reason: "must be set together with fence_token".into(),
+                }));
+            }
+            (false, token) => Command::FencedPut {
+                key: r.key,
+                value: r.value,
+                lock: r.fence_lock,
+                token,
+            },
+        };
+        let res = self.node.write(cmd, d).await.map_err(to_status)?;
+        if let Some(why) = res.rejection {
+            return Err(to_status(NodeError::FencedWriteRejected(why)));
+        }
         Ok(Response::new(pb::PutResponse {
             revision: res.revision,
             had_previous: res.previous.is_some(),
@@ -201,7 +224,7 @@ impl Kv for KvService {
             .data
             .read()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let (found, value, mod_revision) = match data.get(&r.key) {
+        let (found, value, mod_revision) = match data.kv.get(&r.key) {
             Some((v, rev)) => (true, v.clone(), *rev),
             None => (false, Vec::new(), 0),
         };
@@ -334,7 +357,7 @@ impl Kv for KvService {
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut items = Vec::new();
         let mut more = false;
-        for (k, (v, rev)) in data.range(r.prefix.clone()..) {
+        for (k, (v, rev)) in data.kv.range(r.prefix.clone()..) {
             if !k.starts_with(&r.prefix) {
                 break;
             }
@@ -354,6 +377,211 @@ impl Kv for KvService {
             stale: served == crate::node::ServedBy::Stale,
             more,
         }))
+    }
+}
+
+/// The wire form of a held lock.
+pub fn lock_info(name: &str, l: &LockState) -> pb::LockInfo {
+    pb::LockInfo {
+        lock: name.to_string(),
+        holder: l.holder.clone(),
+        token: l.token,
+        granted_at_ms: l.granted_at_ms,
+        expires_at_ms: l.expires_at_ms,
+        ttl_ms: l.ttl_ms,
+        term: l.term,
+        epoch: l.epoch,
+        grant_index: l.grant_index,
+    }
+}
+
+/// The lock API. Acquire, Renew, Release and Status must reach the leader (a follower answers
+/// "not leader" with a hint that `RaftClient` follows); Watch is served by any member from its
+/// own applied log.
+pub struct LockService {
+    pub node: Arc<RaftNode>,
+}
+
+/// How much of the client's deadline a blocked acquire leaves for its final proposal and answer.
+const ACQUIRE_ANSWER_MARGIN: Duration = Duration::from_millis(300);
+
+type LockEventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LockEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lock_server::Lock for LockService {
+    async fn acquire(
+        &self,
+        req: Request<pb::AcquireLockRequest>,
+    ) -> Result<Response<pb::AcquireLockResponse>, Status> {
+        let d = deadline(&req);
+        let r = req.into_inner();
+        validate_lock_command(&Command::AcquireLock {
+            lock: r.lock.clone(),
+            holder: r.holder.clone(),
+            ttl_ms: r.ttl_ms,
+            now_ms: 0,
+        })
+        .map_err(to_status)?;
+        let wait = Duration::from_millis(r.wait_ms).min(d.saturating_sub(ACQUIRE_ANSWER_MARGIN));
+        let res = locks::acquire(&self.node, &r.lock, &r.holder, r.ttl_ms, wait)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::AcquireLockResponse {
+            granted: res.succeeded,
+            token: if res.succeeded {
+                res.lock.as_ref().map(|l| l.token).unwrap_or(0)
+            } else {
+                0
+            },
+            current: res.lock.as_ref().map(|l| lock_info(&r.lock, l)),
+            revision: res.revision,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewLockRequest>,
+    ) -> Result<Response<pb::RenewLockResponse>, Status> {
+        let d = deadline(&req);
+        let r = req.into_inner();
+        let res = self
+            .node
+            .write(
+                Command::RenewLock {
+                    lock: r.lock.clone(),
+                    token: r.token,
+                    ttl_ms: r.ttl_ms,
+                    now_ms: locks::now_ms(),
+                },
+                d,
+            )
+            .await
+            .map_err(to_status)?;
+        if let Some(why) = res.rejection {
+            return Err(to_status(NodeError::LockConflict(why)));
+        }
+        Ok(Response::new(pb::RenewLockResponse {
+            current: res.lock.as_ref().map(|l| lock_info(&r.lock, l)),
+            revision: res.revision,
+        }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseLockRequest>,
+    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let d = deadline(&req);
+        let r = req.into_inner();
+        let res = self
+            .node
+            .write(
+                Command::ReleaseLock {
+                    lock: r.lock,
+                    token: r.token,
+                },
+                d,
+            )
+            .await
+            .map_err(to_status)?;
+        match (res.succeeded, res.rejection) {
+            (true, _) => Ok(Response::new(pb::ReleaseLockResponse {
+                released: true,
+                revision: res.revision,
+            })),
+            // Already free (released before, or expired): nothing to release.
+            (false, _) if res.lock.is_none() => Ok(Response::new(pb::ReleaseLockResponse {
+                released: false,
+                revision: res.revision,
+            })),
+            (false, why) => Err(to_status(NodeError::LockConflict(
+                why.unwrap_or_else(|| "release refused".into()),
+            ))),
+        }
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::LockStatusRequest>,
+    ) -> Result<Response<pb::LockStatusResponse>, Status> {
+        let d = deadline(&req);
+        let r = req.into_inner();
+        locks::validate_name("lock", &r.lock).map_err(to_status)?;
+        let lvl = level(r.consistency)?;
+        let (_, kv) = self.node.linearize(lvl, d).await.map_err(to_status)?;
+        let revision = kv.applied();
+        let sm = kv
+            .data
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let current = sm.locks.get(&r.lock).map(|l| lock_info(&r.lock, l));
+        Ok(Response::new(pb::LockStatusResponse {
+            held: current.is_some(),
+            current,
+            revision,
+            epoch: sm.epoch,
+            waiters: self.node.lock_waiters.waiting_for(&r.lock) as u32,
+        }))
+    }
+
+    type WatchStream = LockEventStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchLockRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let name = req.into_inner().lock;
+        locks::validate_name("lock", &name).map_err(to_status)?;
+        let node = self.node.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LockEvent, Status>>(64);
+        tokio::spawn(async move {
+            // Subscribe before reading the current state: no change can fall in between.
+            let mut events = node.lock_hub.events.subscribe();
+            let current = |node: &RaftNode| -> pb::LockEvent {
+                let kv = node.core().kv.clone();
+                let revision = kv.applied();
+                let held = kv
+                    .data
+                    .read()
+                    .ok()
+                    .and_then(|sm| sm.locks.get(&name).map(|l| lock_info(&name, l)));
+                pb::LockEvent {
+                    lock: name.clone(),
+                    kind: "current".into(),
+                    held: held.is_some(),
+                    current: held,
+                    revision,
+                    served_by_node: node.id,
+                }
+            };
+            if tx.send(Ok(current(&node))).await.is_err() {
+                return;
+            }
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = tx.closed() => return,
+                };
+                let msg = match ev {
+                    Ok(e) if e.lock == name => pb::LockEvent {
+                        lock: e.lock.clone(),
+                        kind: e.kind.as_str().into(),
+                        held: e.state.is_some(),
+                        current: e.state.as_ref().map(|l| lock_info(&e.lock, l)),
+                        revision: e.index,
+                        served_by_node: node.id,
+                    },
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current(&node),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

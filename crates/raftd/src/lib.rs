@@ -3,6 +3,7 @@ pub mod config;
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod locks;
 pub mod network;
 pub mod node;
 pub mod state_machine;

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use raft_proto::pb::admin_server::AdminServer;
 use raft_proto::pb::kv_server::KvServer;
+use raft_proto::pb::lock_server::LockServer;
 use raft_proto::pb::raft_peer_server::RaftPeerServer;
 use raftd::config::Args;
-use raftd::grpc::{AdminService, KvService, PeerService};
+use raftd::grpc::{AdminService, KvService, LockService, PeerService};
 use raftd::network::MAX_PEER_MESSAGE_BYTES;
 use raftd::node::RaftNode;
 use tracing_subscriber::EnvFilter;
@@ -54,6 +55,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(KvService::new(node.clone())))
+        .add_service(LockServer::new(LockService { node: node.clone() }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
         .add_service(
             RaftPeerServer::new(PeerService { node: node.clone() })

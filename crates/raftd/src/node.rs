@@ -22,8 +22,9 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState, Snapsho
 use redb::Database;
 
 use crate::config::{Args, JoinMode, ReadMode};
+use crate::locks::{LockWaiters, validate_lock_command};
 use crate::network::{NetworkShared, PeerTracker, WireIdentity};
-use crate::store::{self, ClusterIdentity, KvState, LogStore, StateMachineStore};
+use crate::store::{self, ClusterIdentity, KvState, LockHub, LogStore, StateMachineStore};
 use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft, TypeConfig};
 
 /// Largest key accepted, in bytes.
@@ -63,6 +64,12 @@ pub enum NodeError {
     Uninitialized(NodeId),
     #[error("refused: {0}")]
     Refused(String),
+    /// Applied as a no-op: a lock command whose token or holder did not match (not applied).
+    #[error("{0}")]
+    LockConflict(String),
+    /// Applied as a no-op: a fenced put whose token is not the lock's current one.
+    #[error("{0}")]
+    FencedWriteRejected(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,6 +144,10 @@ pub struct RaftNode {
     quorum_lost: tokio::sync::watch::Sender<bool>,
     started: Instant,
     rebuild_lock: tokio::sync::Mutex<()>,
+    /// Lock events and counters, shared by every state machine this node builds.
+    pub lock_hub: Arc<LockHub>,
+    /// Blocked acquires waiting on this node (as leader), first in first out per lock.
+    pub lock_waiters: LockWaiters,
     /// The last peer RPC this node refused and when, for the status.
     last_refusal: std::sync::Mutex<Option<(Instant, String)>>,
 }
@@ -214,7 +225,8 @@ impl RaftNode {
             grpc_addr: args.grpc_advertise(),
             http_addr: args.http_advertise(),
         };
-        let core = Self::build_core(args.node_id, &raft_config, &network, &db).await?;
+        let lock_hub = Arc::new(LockHub::default());
+        let core = Self::build_core(args.node_id, &raft_config, &network, &db, &lock_hub).await?;
         let (quorum_lost, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(RaftNode {
             id: args.node_id,
@@ -231,6 +243,8 @@ impl RaftNode {
             started: Instant::now(),
             rebuild_lock: tokio::sync::Mutex::new(()),
             last_refusal: std::sync::Mutex::new(None),
+            lock_hub,
+            lock_waiters: LockWaiters::default(),
         });
         if node.args.bootstrap {
             let ic = node.args.initial_cluster.clone().unwrap_or_default();
@@ -255,6 +269,7 @@ impl RaftNode {
             tracing::info!(node = node.id, already_initialized = already, "bootstrap");
         }
         tokio::spawn(Self::watchdog(node.clone()));
+        tokio::spawn(crate::locks::lease_keeper(node.clone()));
         Ok(node)
     }
 
@@ -263,8 +278,9 @@ impl RaftNode {
         config: &Arc<openraft::Config>,
         network: &NetworkShared,
         db: &Arc<Database>,
+        hub: &Arc<LockHub>,
     ) -> anyhow::Result<Core> {
-        let sm = StateMachineStore::open(db.clone())?;
+        let sm = StateMachineStore::open_with_hub(db.clone(), hub.clone())?;
         let kv = sm.state.clone();
         let raft = Raft::new(
             id,
@@ -466,6 +482,8 @@ impl RaftNode {
             let m = self.raft().metrics().borrow_watched().clone();
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             if voters.first() == Some(&self.id) {
+                drop(_guard);
+                self.replicate_epoch(new_epoch).await?;
                 return Ok(RecoveryOutcome {
                     previous_last_index: last_index,
                     previous_last_term: last_term,
@@ -508,14 +526,22 @@ impl RaftNode {
         if let Ok(mut w) = self.identity.write() {
             w.epoch = new_epoch;
         }
-        let new = Self::build_core(self.id, &self.raft_config, &self.network, &self.db)
-            .await
-            .map_err(raft_err)?;
+        let new = Self::build_core(
+            self.id,
+            &self.raft_config,
+            &self.network,
+            &self.db,
+            &self.lock_hub,
+        )
+        .await
+        .map_err(raft_err)?;
         match self.core.write() {
             Ok(mut c) => *c = Arc::new(new),
             Err(p) => *p.into_inner() = Arc::new(new),
         }
         self.quorum_lost.send_replace(false);
+        drop(_guard);
+        self.replicate_epoch(new_epoch).await?;
         tracing::warn!(
             node = self.id,
             previous_last_index = last.index,
@@ -530,6 +556,31 @@ impl RaftNode {
             epoch: new_epoch,
             already: false,
         })
+    }
+
+    /// The epoch the replicated state machine has applied (fencing tokens embed it).
+    pub fn state_machine_epoch(&self) -> u64 {
+        self.core().kv.data.read().map(|sm| sm.epoch).unwrap_or(0)
+    }
+
+    /// After a recovery: waits for this node to lead, then commits `SetEpoch` so every fencing
+    /// token issued from now on is above every token of the old epoch. Idempotent.
+    async fn replicate_epoch(&self, epoch: u64) -> Result<(), NodeError> {
+        let started = Instant::now();
+        while self.state_machine_epoch() < epoch {
+            if self.raft().is_leader() {
+                self.write(Command::SetEpoch { epoch }, MAX_WRITE_WAIT)
+                    .await?;
+            } else if started.elapsed() > Duration::from_secs(10) {
+                return Err(NodeError::Internal(format!(
+                    "node {} did not become leader within 10 s after recovery; epoch {epoch} is not replicated yet (call again)",
+                    self.id
+                )));
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     fn reachability_window(&self) -> Duration {
@@ -611,6 +662,19 @@ impl RaftNode {
         cmd: Command,
         deadline: Duration,
     ) -> Result<CommandResult, NodeError> {
+        // Right after a recovery the identity epoch is raised before SetEpoch commits: grant no
+        // lock until it has, or a token could fall below one the lost majority issued.
+        if matches!(cmd, Command::AcquireLock { .. })
+            && self.state_machine_epoch() < self.cluster_identity().epoch
+        {
+            self.counters
+                .writes_not_applied
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(NodeError::Refused(format!(
+                "not applied: epoch {} is being replicated after a recovery; retry the acquire",
+                self.cluster_identity().epoch
+            )));
+        }
         let res = self.write_inner(cmd, deadline).await;
         let c = match &res {
             Ok(_) => &self.counters.writes_ok,
@@ -1057,7 +1121,14 @@ impl RaftNode {
         if let Err(e) = old.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown during step-down");
         }
-        let new = Self::build_core(self.id, &self.raft_config, &self.network, &self.db).await?;
+        let new = Self::build_core(
+            self.id,
+            &self.raft_config,
+            &self.network,
+            &self.db,
+            &self.lock_hub,
+        )
+        .await?;
         match self.core.write() {
             Ok(mut c) => *c = Arc::new(new),
             Err(p) => *p.into_inner() = Arc::new(new),
@@ -1122,6 +1193,14 @@ pub fn validate_command(cmd: &Command) -> Result<(), NodeError> {
             }
             Ok(())
         }
+        Command::FencedPut {
+            key, value, lock, ..
+        } => {
+            validate_key("key", key)?;
+            validate_value("value", value)?;
+            crate::locks::validate_name("fence_lock", lock)
+        }
+        other => validate_lock_command(other),
     }
 }
 

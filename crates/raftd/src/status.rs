@@ -110,6 +110,7 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             .recent_refusal(Duration::from_secs(5))
             .unwrap_or_default(),
         join_mode: node.args.join_mode.as_str().to_string(),
+        sm_epoch: core.kv.data.read().map(|sm| sm.epoch).unwrap_or(0),
     }
 }
 
@@ -149,6 +150,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "read_mode": s.read_mode,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
         "version": s.version,
+        "sm_epoch": s.sm_epoch,
     })
 }
 
@@ -215,6 +217,28 @@ pub fn metrics_text(node: &RaftNode, s: &pb::StatusResponse) -> String {
         u64::from(s.lease_valid),
     );
     gauge("epoch", "Cluster epoch.", s.epoch);
+    gauge(
+        "sm_epoch",
+        "Cluster epoch in the replicated state machine (fencing tokens use it).",
+        s.sm_epoch,
+    );
+    let locks_held = node
+        .core()
+        .kv
+        .data
+        .read()
+        .map(|sm| sm.locks.len() as u64)
+        .unwrap_or(0);
+    gauge(
+        "locks_held",
+        "Locks held in this node's applied state.",
+        locks_held,
+    );
+    gauge(
+        "lock_waiters",
+        "Blocked lock acquires waiting on this node.",
+        node.lock_waiters.total() as u64,
+    );
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(
             out,
@@ -258,6 +282,16 @@ pub fn metrics_text(node: &RaftNode, s: &pb::StatusResponse) -> String {
         "step_downs_total",
         "Leader step-downs after quorum loss.",
         ld(&c.step_downs),
+    );
+    counter(
+        "lock_expiries_total",
+        "Leases ended by applied expiry entries (leader-proposed).",
+        ld(&node.lock_hub.expiries),
+    );
+    counter(
+        "fenced_writes_rejected_total",
+        "Fenced puts rejected in apply because the token was not current.",
+        ld(&node.lock_hub.fenced_rejected),
     );
     counter(
         "peer_refusals_total",

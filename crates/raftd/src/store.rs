@@ -1,4 +1,5 @@
-//! Durable storage on redb: the Raft log store, the KV state machine, and cluster identity.
+//! Durable storage on redb: the Raft log store, the state machine (KV, locks, epoch), and
+//! cluster identity.
 //!
 //! The log is the source of durability: appends are group-committed by a writer thread with
 //! `Durability::Immediate` (fsync) before openraft is told they are flushed, and the vote is
@@ -19,7 +20,7 @@ use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshot
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::state_machine::{self, KvMap};
+use crate::state_machine::{self, ApplyEffects, KvMap, LockEvent, LockTable, SmData};
 use crate::types::{
     CommandResult, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
@@ -429,10 +430,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 // ---------------------------------------------------------------------------- state machine
 
-/// The KV data readers see (in memory), the applied log id and the applied membership.
+/// Where applied lock changes are published: watchers and blocked acquires subscribe to
+/// `events`; the counters feed /metrics. Shared by every state machine instance a node builds
+/// (a step-down rebuilds the state machine, but watchers keep their subscription).
+pub struct LockHub {
+    pub events: tokio::sync::broadcast::Sender<LockEvent>,
+    /// Leases expired by applied `ExpireLock` entries.
+    pub expiries: AtomicU64,
+    /// Fenced puts rejected in apply (token not current).
+    pub fenced_rejected: AtomicU64,
+}
+
+impl Default for LockHub {
+    fn default() -> Self {
+        Self {
+            events: tokio::sync::broadcast::channel(1024).0,
+            expiries: AtomicU64::new(0),
+            fenced_rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The state readers see (in memory), the applied log id and the applied membership.
 #[derive(Default)]
 pub struct KvState {
-    pub data: RwLock<KvMap>,
+    pub data: RwLock<SmData>,
+    pub hub: Arc<LockHub>,
     pub applied_index: AtomicU64,
     pub applied_term: AtomicU64,
     meta: Mutex<(Option<LogId>, StoredMembership)>,
@@ -456,10 +479,23 @@ impl KvState {
     }
 }
 
+/// Snapshot payload before locks existed (version 1): the KV pairs only.
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
+struct SnapshotPayloadV1 {
     data: Vec<(Vec<u8>, Vec<u8>, u64)>,
 }
+
+/// Snapshot payload version 2: KV pairs, the lock table and the cluster epoch. Encoded after
+/// `SNAPSHOT_V2_MAGIC`; a version 1 payload can never start with it (its first byte 0 would
+/// mean "no pairs", and such a payload is exactly one byte long).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayloadV2 {
+    data: Vec<(Vec<u8>, Vec<u8>, u64)>,
+    locks: LockTable,
+    epoch: u64,
+}
+
+const SNAPSHOT_V2_MAGIC: &[u8] = &[0, b'L', b'K', 2];
 
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -476,19 +512,54 @@ pub struct StateMachineStore {
     pub state: Arc<KvState>,
 }
 
-fn decode_snapshot(bytes: &[u8]) -> io::Result<KvMap> {
-    let payload: SnapshotPayload = decode(bytes)?;
-    Ok(payload
-        .data
-        .into_iter()
-        .map(|(k, v, r)| (k, (v, r)))
-        .collect())
+/// Encodes the state machine as a version 2 snapshot payload.
+pub fn encode_snapshot(sm: &SmData) -> io::Result<Vec<u8>> {
+    let payload = SnapshotPayloadV2 {
+        data: sm
+            .kv
+            .iter()
+            .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
+            .collect(),
+        locks: sm.locks.clone(),
+        epoch: sm.epoch,
+    };
+    let mut out = SNAPSHOT_V2_MAGIC.to_vec();
+    out.extend(encode(&payload)?);
+    Ok(out)
+}
+
+/// Decodes a snapshot payload of either version (version 1 has no locks and epoch 1).
+pub fn decode_snapshot(bytes: &[u8]) -> io::Result<SmData> {
+    let kv = |data: Vec<(Vec<u8>, Vec<u8>, u64)>| -> KvMap {
+        data.into_iter().map(|(k, v, r)| (k, (v, r))).collect()
+    };
+    if let Some(rest) = bytes.strip_prefix(SNAPSHOT_V2_MAGIC) {
+        let p: SnapshotPayloadV2 = decode(rest)?;
+        return Ok(SmData {
+            kv: kv(p.data),
+            locks: p.locks,
+            epoch: p.epoch.max(1),
+        });
+    }
+    let p: SnapshotPayloadV1 = decode(bytes)?;
+    Ok(SmData {
+        kv: kv(p.data),
+        ..SmData::default()
+    })
 }
 
 impl StateMachineStore {
     /// Loads the state machine from the last persisted snapshot (empty if none).
     pub fn open(db: Arc<Database>) -> io::Result<Self> {
-        let state = Arc::new(KvState::default());
+        Self::open_with_hub(db, Arc::new(LockHub::default()))
+    }
+
+    /// Like `open`, publishing lock events and counters to `hub`.
+    pub fn open_with_hub(db: Arc<Database>, hub: Arc<LockHub>) -> io::Result<Self> {
+        let state = Arc::new(KvState {
+            hub,
+            ..KvState::default()
+        });
         if let Some(stored) = get_meta::<StoredSnapshot>(&db, SM_META, "snapshot")? {
             *state.data.write().map_err(io_err)? = decode_snapshot(&stored.data)?;
             state.set_applied(stored.meta.last_log_id, Some(stored.meta.last_membership));
@@ -499,20 +570,14 @@ impl StateMachineStore {
     fn build_snapshot_now(&self) -> io::Result<Snapshot> {
         let (meta, data) = {
             // Hold the data lock so the applied id and the data match.
-            let map = self.state.data.read().map_err(io_err)?;
+            let sm = self.state.data.read().map_err(io_err)?;
             let (applied, membership) = lock(&self.state.meta).clone();
-            let payload = SnapshotPayload {
-                data: map
-                    .iter()
-                    .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
-                    .collect(),
-            };
             (
                 SnapshotMeta {
                     last_log_id: applied,
                     last_membership: membership,
                 },
-                encode(&payload)?,
+                encode_snapshot(&sm)?,
             )
         };
         let stored = StoredSnapshot {
@@ -560,24 +625,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responders = Vec::new();
         let mut last_applied = None;
         let mut last_membership = None;
+        let mut fx = ApplyEffects::default();
         {
-            let mut map = self.state.data.write().map_err(io_err)?;
+            let mut sm = self.state.data.write().map_err(io_err)?;
             for (entry, responder) in batch {
                 let index = entry.log_id.index;
+                let term = entry.log_id.leader_id.term;
                 let result = match entry.payload {
-                    EntryPayload::Normal(cmd) => state_machine::apply(&mut map, index, cmd),
+                    EntryPayload::Normal(cmd) => {
+                        state_machine::apply(&mut sm, index, term, cmd, &mut fx)
+                    }
                     EntryPayload::Membership(m) => {
                         last_membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         CommandResult {
                             revision: index,
                             succeeded: true,
-                            previous: None,
+                            ..Default::default()
                         }
                     }
                     EntryPayload::Blank => CommandResult {
                         revision: index,
                         succeeded: true,
-                        previous: None,
+                        ..Default::default()
                     },
                 };
                 last_applied = Some(entry.log_id);
@@ -588,6 +657,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Publish the applied index while still holding the data lock, so a reader that
             // sees the data also sees an applied index covering it.
             self.state.set_applied(last_applied, last_membership);
+        }
+        let hub = &self.state.hub;
+        hub.expiries.fetch_add(fx.expiries, Ordering::Relaxed);
+        hub.fenced_rejected
+            .fetch_add(fx.fenced_rejected, Ordering::Relaxed);
+        for ev in fx.events {
+            // No receivers is fine: nobody watches.
+            let _ = hub.events.send(ev);
         }
         for (r, res) in responders {
             r.send(res);
@@ -607,7 +684,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let map = decode_snapshot(&snapshot)?;
+        let sm = decode_snapshot(&snapshot)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: snapshot,
@@ -617,7 +694,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(io_err)??;
         let mut data = self.state.data.write().map_err(io_err)?;
-        *data = map;
+        *data = sm;
         self.state
             .set_applied(meta.last_log_id, Some(meta.last_membership.clone()));
         Ok(())
@@ -629,5 +706,48 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: s.data,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::types::LockState;
+
+    #[test]
+    fn snapshot_round_trip_keeps_locks_and_epoch() {
+        let mut sm = SmData::default();
+        sm.kv.insert(b"k".to_vec(), (b"v".to_vec(), 7));
+        sm.epoch = 3;
+        sm.locks.insert(
+            "jobs/42".into(),
+            LockState {
+                holder: "worker-a".into(),
+                token: state_machine::fencing_token(3, 9),
+                granted_at_ms: 100,
+                expires_at_ms: 2100,
+                ttl_ms: 2000,
+                term: 4,
+                epoch: 3,
+                grant_index: 9,
+            },
+        );
+        let back = decode_snapshot(&encode_snapshot(&sm).unwrap()).unwrap();
+        assert_eq!(back, sm);
+    }
+
+    #[test]
+    fn version_1_snapshots_still_decode() {
+        for pairs in [vec![], vec![(b"a".to_vec(), b"1".to_vec(), 3u64)]] {
+            let old = encode(&SnapshotPayloadV1 {
+                data: pairs.clone(),
+            })
+            .unwrap();
+            let sm = decode_snapshot(&old).unwrap();
+            assert_eq!(sm.kv.len(), pairs.len());
+            assert!(sm.locks.is_empty());
+            assert_eq!(sm.epoch, 1);
+        }
     }
 }

@@ -277,6 +277,12 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     for i in 0..20 {
         common::put_retry(&client, format!("k{i}").as_bytes(), b"v").await;
     }
+    // A lock granted before the loss: its token is from epoch 1.
+    let lock_before = client
+        .acquire_lock("jobs/1", "worker-a", Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(lock_before.granted);
     let mut node3 = members.pop().unwrap();
     let mut node2 = members.pop().unwrap();
     // Lose the majority: nodes 2 and 3 go away.
@@ -352,6 +358,25 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
         assert_eq!(g.value, b"v", "k{i} was acknowledged before the loss");
     }
     common::put_retry(&survivor_client, b"after-recovery", b"y").await;
+    let s = survivor.status().await;
+    assert_eq!(
+        s.sm_epoch, 2,
+        "the recovery replicated the new epoch: {s:?}"
+    );
+    // Fencing tokens issued after the recovery exceed every token of the old epoch.
+    let after = survivor_client
+        .acquire_lock("jobs/2", "worker-b", Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(after.granted);
+    println!(
+        "fencing token before recovery {} (epoch {}), after {} (epoch {})",
+        lock_before.token,
+        lock_before.token >> 40,
+        after.token,
+        after.token >> 40
+    );
+    assert!(after.token > lock_before.token && after.token >> 40 == 2);
 
     // Node 2 comes back with its old data (epoch 1): refused both ways, never a second cluster.
     node2.start();
