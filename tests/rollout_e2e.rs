@@ -67,7 +67,8 @@ async fn rolling_upgrade_under_load(voters: usize) {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, &format!("roll{voters}")).await;
-    let _operator = Operator::start(&ns.name);
+    let mut operator = Operator::start(&ns.name);
+    let mut operator_restarted = false;
     let api: Api<RaftCluster> = Api::namespaced(client.clone(), &ns.name);
     let cluster: RaftCluster = serde_json::from_value(json!({
         "apiVersion": "raft-operator.dev/v1alpha1", "kind": "RaftCluster",
@@ -179,6 +180,15 @@ async fn rolling_upgrade_under_load(voters: usize) {
             if *revision != old_revision && !order.contains(name) {
                 order.push(name.clone());
             }
+        }
+        // Kill the operator in the middle of the 5-voter rollout; a new one must finish it
+        // from the status alone, still one member at a time.
+        if voters == 5 && order.len() == 2 && !operator_restarted {
+            operator.kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            operator = Operator::start(&ns.name);
+            operator_restarted = true;
+            println!("operator killed and restarted with {order:?} replaced");
         }
         let status = api.get("roll").await.unwrap().status.unwrap_or_default();
         assert!(
