@@ -46,7 +46,10 @@ crd-validate:
 	@command -v kubernetes-validate >/dev/null || { echo "kubernetes-validate is missing: run 'make deps'" >&2; exit 1; }
 	kubernetes-validate --strict -k $(K8S_SCHEMA_VERSION) crds/raftcluster.yaml
 
+## test-unit: every crate's tests. raftd's lock tests drive real raftctl processes, so raftctl
+## is built first (cargo test builds only test harnesses of other crates' binaries).
 test-unit:
+	$(CARGO) build -q -p raftctl --bin raftctl
 	$(CARGO) test --workspace
 
 ## test: everything CI checks.
