@@ -31,13 +31,22 @@ fn wall_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid} failed");
+/// Sends `sig` to process `pid` (a positive pid only: never a group, never -1).
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Sends SIGKILL to the process group `pgid`. Not through the `kill` binary: procps-ng 4.0.2
+/// parses `kill -9 -PGID` as `kill -9 -1` when the group is gone, which kills every process.
+fn kill_group(pgid: u32) {
+    let pgid = libc::pid_t::try_from(pgid).unwrap();
+    assert!(pgid > 1, "refusing to signal group {pgid}");
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+    let _ = unsafe { libc::kill(-pgid, libc::SIGKILL) };
 }
 
 fn json_u64(text: &str, field: &str) -> Option<u64> {
@@ -107,7 +116,7 @@ exec {r} put jobs/42/result from-worker-a --fence "jobs/42:$token""#,
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     // A stalls (GC pause, swapped out, SIGSTOP) while it believes it holds the lock.
-    signal(a_pid, "-STOP");
+    signal(a_pid, libc::SIGSTOP);
     let paused_at = Instant::now();
 
     // Worker B blocks until A's lease is expired by the leader, then writes with its fence.
@@ -129,7 +138,7 @@ exec {r} put jobs/42/result from-worker-a --fence "jobs/42:$token""#,
         .unwrap();
 
     // A resumes past its TTL and tries to write with its old token.
-    signal(a_pid, "-CONT");
+    signal(a_pid, libc::SIGCONT);
     let paused_for = paused_at.elapsed();
     let resumed_ms = wall_ms();
     let a_lease_end =
@@ -219,10 +228,8 @@ async fn killed_holder_loses_lock_and_waiter_is_woken_by_expiry() {
     .await;
 
     // kill -9 the holder (and its command): no release, no more renewals.
-    signal(holder_pid, "-9");
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &format!("-{holder_pid}")])
-        .status();
+    signal(holder_pid, libc::SIGKILL);
+    kill_group(holder_pid);
     let killed_at_ms = wall_ms();
     let _ = holder.wait().await;
     // The lease as last renewed: it must not end before this.
