@@ -224,18 +224,7 @@ pub async fn execute(
         Action::DeleteMember {
             ordinal,
             delete_volume,
-        } => {
-            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await?;
-            if *delete_volume {
-                delete(
-                    &volumes,
-                    "PersistentVolumeClaim",
-                    &manifests::volume_name(&o.name, *ordinal),
-                )
-                .await?;
-            }
-            Ok(())
-        }
+        } => delete_member(&pods, &volumes, &o.name, *ordinal, *delete_volume).await,
         Action::ReplaceMember { ordinal, .. } => {
             delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
         }
@@ -255,16 +244,31 @@ pub async fn execute(
             );
             Ok(())
         }
+        // The member comes back empty (CreateMembers) and is added learner-first.
         Action::RebuildMember { ordinal, .. } => {
-            delete(
-                &volumes,
-                "PersistentVolumeClaim",
-                &manifests::volume_name(&o.name, *ordinal),
-            )
-            .await?;
-            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
+            delete_member(&pods, &volumes, &o.name, *ordinal, true).await
         }
     }
+}
+
+/// Deletes a member's pod and, when asked, its volume.
+async fn delete_member(
+    pods: &Api<Pod>,
+    volumes: &Api<PersistentVolumeClaim>,
+    cluster: &str,
+    ordinal: u32,
+    delete_volume: bool,
+) -> Result<(), ActError> {
+    delete(pods, "Pod", &member_name(cluster, ordinal)).await?;
+    if delete_volume {
+        delete(
+            volumes,
+            "PersistentVolumeClaim",
+            &manifests::volume_name(cluster, ordinal),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Finalizer cleanup: pods go (their owner reference would take them too); volumes go only

@@ -249,17 +249,6 @@ async fn rolling_upgrade_under_load(voters: usize) {
     );
 }
 
-fn condition<'a>(
-    c: &'a RaftCluster,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    c.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 async fn patch_spec(api: &Api<RaftCluster>, name: &str, spec: serde_json::Value) {
     api.patch(
         name,
@@ -334,7 +323,7 @@ async fn crash_looping_member_is_replaced_first_when_the_spec_is_fixed() {
     );
     let c = api.get("crash").await.unwrap();
     assert_eq!(
-        condition(&c, "Available").map(|c| c.status.as_str()),
+        common::condition(&c, "Available").map(|c| c.status.as_str()),
         Some("True"),
         "2 of 3 voters keep serving"
     );
@@ -422,7 +411,7 @@ async fn rollout_blocks_on_a_lagging_follower_and_resumes_when_it_recovers() {
     patch_spec(&api, "blk", json!({"version": "v2"})).await;
     let blocked = poll_for(Duration::from_secs(60), "RolloutBlocked=True", || async {
         let c = api.get("blk").await.ok()?;
-        condition(&c, "RolloutBlocked")
+        common::condition(&c, "RolloutBlocked")
             .filter(|c| c.status == "True")
             .map(|c| c.message.clone())
     })
@@ -473,7 +462,7 @@ async fn rollout_blocks_on_a_lagging_follower_and_resumes_when_it_recovers() {
     .await;
     let c = api.get("blk").await.unwrap();
     assert_eq!(
-        condition(&c, "RolloutBlocked").map(|c| c.status.as_str()),
+        common::condition(&c, "RolloutBlocked").map(|c| c.status.as_str()),
         Some("False")
     );
     println!(
@@ -581,7 +570,7 @@ async fn scaling_3_5_7_9_5_under_load_keeps_the_zone_plan_and_every_write() {
             let s = c.status.clone().unwrap_or_default();
             lowest = lowest.min(s.replicas);
             assert!(
-                condition(&c, "QuorumLost").is_none_or(|c| c.status != "True"),
+                common::condition(&c, "QuorumLost").is_none_or(|c| c.status != "True"),
                 "quorum lost while scaling to {target}"
             );
             if s.replicas == target as i32

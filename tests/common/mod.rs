@@ -295,3 +295,20 @@ pub async fn wait_ready(
     )
     .await
 }
+
+/// The condition of this type in a cluster's status, if any.
+pub fn condition<'a>(
+    c: &'a RaftCluster,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of this type is True.
+pub fn condition_true(c: &RaftCluster, type_: &str) -> bool {
+    condition(c, type_).is_some_and(|c| c.status == "True")
+}

@@ -343,11 +343,7 @@ impl RaftNode {
                 cluster_id: cluster_id.to_string(),
                 epoch: epoch.max(1),
             };
-            store::write_identity(&self.db, &adopted).map_err(raft_err)?;
-            if let Ok(mut w) = self.identity.write() {
-                w.cluster_id = adopted.cluster_id.clone();
-                w.epoch = adopted.epoch;
-            }
+            self.set_identity(&adopted)?;
             tracing::info!(
                 cluster_id,
                 epoch = adopted.epoch,
@@ -364,6 +360,16 @@ impl RaftNode {
             )));
         }
         self.tracker.mark_ok(from);
+        Ok(())
+    }
+
+    /// Persists this node's cluster identity (fsynced) and puts it on the wire.
+    fn set_identity(&self, id: &ClusterIdentity) -> Result<(), NodeError> {
+        store::write_identity(&self.db, id).map_err(raft_err)?;
+        if let Ok(mut w) = self.identity.write() {
+            w.cluster_id = id.cluster_id.clone();
+            w.epoch = id.epoch;
+        }
         Ok(())
     }
 
@@ -439,11 +445,7 @@ impl RaftNode {
             cluster_id: cluster_id.to_string(),
             epoch,
         };
-        store::write_identity(&self.db, &id).map_err(raft_err)?;
-        if let Ok(mut w) = self.identity.write() {
-            w.cluster_id = id.cluster_id;
-            w.epoch = id.epoch;
-        }
+        self.set_identity(&id)?;
         tracing::info!(
             node = self.id,
             cluster_id,
@@ -505,10 +507,7 @@ impl RaftNode {
                 self.id
             )));
         };
-        let old = self.core();
-        if let Err(e) = old.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown before recovery");
-        }
+        self.stop_core("recovery").await;
         let membership = openraft::Membership::new(
             vec![BTreeSet::from([self.id])],
             BTreeMap::from([(self.id, self.self_node.clone())]),
@@ -518,28 +517,11 @@ impl RaftNode {
         let entry =
             <crate::types::Entry as openraft::entry::RaftEntry>::new_membership(log_id, membership);
         store::force_append_entry(&self.db, &entry).map_err(raft_err)?;
-        let id = ClusterIdentity {
+        self.set_identity(&ClusterIdentity {
             cluster_id: cluster_id.to_string(),
             epoch: new_epoch,
-        };
-        store::write_identity(&self.db, &id).map_err(raft_err)?;
-        if let Ok(mut w) = self.identity.write() {
-            w.epoch = new_epoch;
-        }
-        let new = Self::build_core(
-            self.id,
-            &self.raft_config,
-            &self.network,
-            &self.db,
-            &self.lock_hub,
-        )
-        .await
-        .map_err(raft_err)?;
-        match self.core.write() {
-            Ok(mut c) => *c = Arc::new(new),
-            Err(p) => *p.into_inner() = Arc::new(new),
-        }
-        self.quorum_lost.send_replace(false);
+        })?;
+        self.start_core().await.map_err(raft_err)?;
         drop(_guard);
         self.replicate_epoch(new_epoch).await?;
         tracing::warn!(
@@ -891,11 +873,7 @@ impl RaftNode {
                 cluster_id: cluster_id.to_string(),
                 epoch: 1,
             };
-            store::write_identity(&self.db, &id).map_err(raft_err)?;
-            if let Ok(mut w) = self.identity.write() {
-                w.cluster_id = id.cluster_id;
-                w.epoch = id.epoch;
-            }
+            self.set_identity(&id)?;
         }
         let raft = self.raft();
         if raft.is_initialized().await.map_err(raft_err)? {
@@ -1139,10 +1117,23 @@ impl RaftNode {
     /// Restarts the openraft instance from durable state: the node comes back as a follower.
     async fn step_down(&self) -> anyhow::Result<()> {
         let _guard = self.rebuild_lock.lock().await;
-        let old = self.core();
-        if let Err(e) = old.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown during step-down");
+        self.stop_core("step-down").await;
+        self.start_core().await?;
+        tracing::info!(node = self.id, "stepped down: restarted as follower");
+        Ok(())
+    }
+
+    /// Shuts the running openraft instance down (a failure is logged: it may be stopping
+    /// already). Callers hold `rebuild_lock`.
+    async fn stop_core(&self, why: &str) {
+        if let Err(e) = self.core().raft.shutdown().await {
+            tracing::warn!(error = %e, why, "raft shutdown");
         }
+    }
+
+    /// Starts a fresh openraft instance from durable state and makes it the current one.
+    /// Callers hold `rebuild_lock`.
+    async fn start_core(&self) -> anyhow::Result<()> {
         let new = Self::build_core(
             self.id,
             &self.raft_config,
@@ -1156,7 +1147,6 @@ impl RaftNode {
             Err(p) => *p.into_inner() = Arc::new(new),
         }
         self.quorum_lost.send_replace(false);
-        tracing::info!(node = self.id, "stepped down: restarted as follower");
         Ok(())
     }
 }

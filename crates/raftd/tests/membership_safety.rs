@@ -91,6 +91,21 @@ impl Member {
         }
     }
 
+    /// Admin Join of this member into `cluster_id` at `epoch`.
+    async fn join(
+        &self,
+        cluster_id: &str,
+        epoch: u64,
+    ) -> Result<tonic::Response<raft_proto::pb::JoinResponse>, tonic::Status> {
+        self.admin()
+            .await
+            .join(JoinRequest {
+                cluster_id: cluster_id.into(),
+                epoch,
+            })
+            .await
+    }
+
     async fn status(&self) -> StatusResponse {
         self.admin()
             .await
@@ -135,16 +150,7 @@ async fn form_cluster(dir: &std::path::Path, n: u64) -> Vec<Member> {
         m.start();
     }
     for m in &members[1..] {
-        let r = m
-            .admin()
-            .await
-            .join(JoinRequest {
-                cluster_id: "c1".into(),
-                epoch: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = m.join("c1", 1).await.unwrap().into_inner();
         assert!(!r.already_joined);
     }
     members[0]
@@ -207,30 +213,10 @@ async fn wiped_member_is_refused_until_admitted_and_rebuilt_learner_first() {
 
     // Rebuild: remove it, admit it (Join), add it as a learner, promote it.
     assert!(client.remove_member(3).await.unwrap().changed);
-    let join = JoinRequest {
-        cluster_id: "c1".into(),
-        epoch: 1,
-    };
-    assert!(
-        !wiped
-            .admin()
-            .await
-            .join(join.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .already_joined
-    );
-    assert!(
-        wiped
-            .admin()
-            .await
-            .join(join)
-            .await
-            .unwrap()
-            .into_inner()
-            .already_joined
-    );
+    let first = wiped.join("c1", 1).await.unwrap().into_inner();
+    assert!(!first.already_joined);
+    let again = wiped.join("c1", 1).await.unwrap().into_inner();
+    assert!(again.already_joined, "Join is idempotent");
     client
         .add_learner(3, &wiped.grpc, &wiped.http)
         .await
@@ -252,15 +238,7 @@ async fn wiped_member_is_refused_until_admitted_and_rebuilt_learner_first() {
     let g = only3.get(b"while-wiped", Consistency::Stale).await.unwrap();
     assert_eq!(g.value, b"2");
     // A member holding state cannot be re-joined into another cluster.
-    let e = wiped
-        .admin()
-        .await
-        .join(JoinRequest {
-            cluster_id: "other".into(),
-            epoch: 1,
-        })
-        .await
-        .unwrap_err();
+    let e = wiped.join("other", 1).await.unwrap_err();
     assert!(
         e.message().contains("belongs to cluster \"c1\""),
         "{}",
@@ -402,15 +380,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     );
     assert_ne!(s_old.role, "leader", "an old member must not lead anything");
     assert_eq!(s_old.epoch, 1);
-    let e = old
-        .admin()
-        .await
-        .join(JoinRequest {
-            cluster_id: "c1".into(),
-            epoch: 2,
-        })
-        .await
-        .unwrap_err();
+    let e = old.join("c1", 2).await.unwrap_err();
     assert!(
         e.message().contains("delete its data directory"),
         "{}",
@@ -423,15 +393,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     std::fs::remove_dir_all(&node3.data).unwrap();
     node3.start();
     let fresh = &node3;
-    fresh
-        .admin()
-        .await
-        .join(JoinRequest {
-            cluster_id: "c1".into(),
-            epoch: 2,
-        })
-        .await
-        .unwrap();
+    fresh.join("c1", 2).await.unwrap();
     survivor_client
         .add_learner(3, &fresh.grpc, &fresh.http)
         .await
