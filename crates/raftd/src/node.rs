@@ -584,11 +584,17 @@ impl RaftNode {
 
     /// The leader's gRPC address when this node is a follower that knows its leader, so a client
     /// request can be forwarded there; `None` when this node leads or knows no leader.
+    /// `None` also when the leader it remembers has not been heard from within the reachability
+    /// window: it may be gone, and a forward would end "outcome unknown" where the truth is
+    /// "not applied"; the request then gets this node's own not-leader answer.
     pub fn leader_addr_if_follower(&self) -> Option<String> {
         let raft = self.raft();
         let metrics = raft.metrics();
         let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader.filter(|l| *l != self.id)?;
+        if !self.tracker.reachable(leader, self.reachability_window()) {
+            return None;
+        }
         metrics
             .membership_config
             .membership()
