@@ -1,5 +1,11 @@
 //! `RaftClient`: talks to a raftd cluster, follows leader hints, retries only what is safe.
 //!
+//! Routing: the client sends to the leader. When it knows none, it asks every endpoint for its
+//! status at once (a short, bounded probe) and picks the endpoint that leads with a quorum; if no
+//! endpoint leads, a follower that reaches a quorum and knows a leader (it forwards); if the nodes
+//! that answer report no quorum and no leader, the call fails at once with that reason, before any
+//! write is sent. Connections carry HTTP/2 keep-alive pings, so a dead peer is noticed in ~2 s.
+//!
 //! Retry rules:
 //! - A failure the server labels `raft-outcome: not-applied` (not leader, no leader yet,
 //!   uninitialized) is retried on the hinted leader or the next endpoint until the deadline.
@@ -7,7 +13,9 @@
 //! - A connection that could not be established is retried (the request never left).
 //! - Anything else after a write was sent (timeout, reset, `raft-outcome: unknown`) is returned
 //!   as `OutcomeUnknown`: the write may or may not have been applied. Reads are always retried.
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -60,13 +68,40 @@ impl ClientError {
 /// Read consistency levels.
 pub use crate::pb::Consistency;
 
+/// How long leader discovery waits for endpoints' status answers.
+const DISCOVERY_PROBE: Duration = Duration::from_millis(500);
+
 /// A cluster client. Cheap to share behind an `Arc`; calls may run concurrently.
 pub struct RaftClient {
     endpoints: Vec<String>,
-    channels: Mutex<Vec<Option<Channel>>>,
+    /// One channel per address: the endpoints and any leader hint outside them.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Where requests go: the leader, or a follower that forwards to it.
     leader: Mutex<Option<String>>,
-    next: Mutex<usize>,
+    /// Round-robin position for requests any node may answer (stale reads).
+    next: AtomicUsize,
     deadline: Duration,
+}
+
+/// Which node a request needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The leader (found by discovery when unknown); a follower that forwards will do.
+    Leader,
+    /// Any node that answers (a stale read).
+    AnyNode,
+}
+
+/// What asking every endpoint for its status found.
+enum Discovery {
+    /// This endpoint leads and reaches a quorum.
+    Leader(String),
+    /// No endpoint leads, but this one follows a leader and reaches a quorum: it forwards.
+    Forwarder(String),
+    /// Every node that answered knows no leader and reaches no quorum: fail now, not applied.
+    NoQuorum(String),
+    /// Nothing usable yet (an election under way, or no answer): try again.
+    NotYet(String),
 }
 
 enum Verdict {
@@ -181,12 +216,11 @@ impl RaftClient {
                 "endpoints: at least one endpoint is required",
             ));
         }
-        let n = endpoints.len();
         Ok(Self {
             endpoints,
-            channels: Mutex::new(vec![None; n]),
+            channels: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
-            next: Mutex::new(0),
+            next: AtomicUsize::new(0),
             deadline: Duration::from_secs(5),
         })
     }
@@ -202,10 +236,8 @@ impl RaftClient {
     }
 
     fn channel_for(&self, addr: &str) -> Result<Channel, ClientError> {
-        let idx = self.endpoints.iter().position(|e| e == addr);
-        if let Some(i) = idx
-            && let Ok(chans) = self.channels.lock()
-            && let Some(Some(c)) = chans.get(i)
+        if let Ok(chans) = self.channels.lock()
+            && let Some(c) = chans.get(addr)
         {
             return Ok(c.clone());
         }
@@ -217,34 +249,24 @@ impl RaftClient {
                 )
             })?
             .connect_timeout(Duration::from_millis(300))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let ch = ep.connect_lazy();
-        if let Some(i) = idx
-            && let Ok(mut chans) = self.channels.lock()
-            && let Some(slot) = chans.get_mut(i)
-        {
-            *slot = Some(ch.clone());
+        if let Ok(mut chans) = self.channels.lock() {
+            chans.entry(addr.to_string()).or_insert_with(|| ch.clone());
         }
         Ok(ch)
     }
 
-    fn pick(&self) -> String {
-        if let Ok(l) = self.leader.lock()
-            && let Some(a) = l.as_ref()
-        {
-            return a.clone();
-        }
-        self.rotate()
+    fn rotate(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.endpoints[n % self.endpoints.len()].clone()
     }
 
-    fn rotate(&self) -> String {
-        let mut n = match self.next.lock() {
-            Ok(n) => n,
-            Err(p) => p.into_inner(),
-        };
-        let a = self.endpoints[*n % self.endpoints.len()].clone();
-        *n = n.wrapping_add(1);
-        a
+    fn current_leader(&self) -> Option<String> {
+        self.leader.lock().ok().and_then(|l| l.clone())
     }
 
     fn set_leader(&self, a: Option<String>) {
@@ -253,13 +275,95 @@ impl RaftClient {
         }
     }
 
+    /// Asks every endpoint for its status at once, bounded by `budget` (at most
+    /// `DISCOVERY_PROBE`), and decides where requests should go.
+    async fn discover(&self, budget: Duration) -> Discovery {
+        let probe = budget.min(DISCOVERY_PROBE);
+        let mut probes = tokio::task::JoinSet::new();
+        for ep in &self.endpoints {
+            let Ok(ch) = self.channel_for(ep) else {
+                continue;
+            };
+            let ep = ep.clone();
+            probes.spawn(async move {
+                let answer = tokio::time::timeout(
+                    probe,
+                    AdminClient::new(ch).status(Self::req(pb::StatusRequest {}, probe)),
+                )
+                .await;
+                (ep, answer)
+            });
+        }
+        let mut forwarder = None;
+        // The no-quorum answer with the most voters reachable: (reachable, voters, needed, node).
+        let mut without_quorum: Option<(u32, u32, u32, u64)> = None;
+        let mut electing = None;
+        let mut silent = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((ep, answer)) = joined else {
+                continue;
+            };
+            let s = match answer {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    silent.push(format!("{ep} ({})", status.message()));
+                    continue;
+                }
+                Err(_) => {
+                    silent.push(format!("{ep} (no answer within {probe:?})"));
+                    continue;
+                }
+            };
+            let has_quorum = s.voters > 0 && s.reachable_voters >= s.quorum;
+            // Only a leader hears from every voter; a follower's reachable count is itself, its
+            // leader and any candidate, so it speaks for the quorum only when it knows no leader.
+            if s.role == "leader" && has_quorum {
+                return Discovery::Leader(ep);
+            }
+            if !s.initialized || s.voters == 0 {
+                electing.get_or_insert_with(|| format!("{ep}: node {} is not initialized", s.id));
+            } else if s.role != "leader" && s.has_leader {
+                forwarder.get_or_insert(ep);
+            } else if !has_quorum {
+                if without_quorum.is_none_or(|(r, ..)| s.reachable_voters > r) {
+                    without_quorum = Some((s.reachable_voters, s.voters, s.quorum, s.id));
+                }
+            } else {
+                electing.get_or_insert_with(|| {
+                    format!(
+                        "{ep}: node {} knows no leader yet (election under way)",
+                        s.id
+                    )
+                });
+            }
+        }
+        if let Some(ep) = forwarder {
+            return Discovery::Forwarder(ep);
+        }
+        let silent_note = if silent.is_empty() {
+            String::new()
+        } else {
+            format!("; no status from {}", silent.join(", "))
+        };
+        if let Some(e) = electing {
+            return Discovery::NotYet(format!("{e}{silent_note}"));
+        }
+        if let Some((reachable, voters, needed, node)) = without_quorum {
+            return Discovery::NoQuorum(format!(
+                "no quorum: {reachable} of {voters} voters reachable, {needed} needed (not applied; seen by node {node}{silent_note})"
+            ));
+        }
+        Discovery::NotYet(format!("no endpoint answered{silent_note}"))
+    }
+
     /// Runs `call` against the leader (following hints) until success, a final error, or the deadline.
     async fn run<T, F, Fut>(&self, is_write: bool, call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.run_for(self.deadline, is_write, call).await
+        self.run_for(self.deadline, is_write, Route::Leader, call)
+            .await
     }
 
     /// `run` with an overall deadline other than the client's (a blocking lock acquire).
@@ -267,6 +371,7 @@ impl RaftClient {
         &self,
         deadline: Duration,
         is_write: bool,
+        route: Route,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -274,39 +379,55 @@ impl RaftClient {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let start = Instant::now();
-        let mut addr = self.pick();
         let mut last_err = String::from("no endpoint answered");
+        let deadline_error = |last_err: &str| {
+            ClientError::new(
+                ErrorKind::DeadlineExceeded,
+                format!("deadline {deadline:?} exceeded (not applied); last error: {last_err}"),
+            )
+        };
         loop {
             let remaining = deadline.saturating_sub(start.elapsed());
             if remaining.is_zero() {
-                return Err(ClientError::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!(
-                        "deadline {:?} exceeded (not applied); last error: {last_err}",
-                        deadline
-                    ),
-                ));
+                return Err(deadline_error(&last_err));
+            }
+            let addr = match self.current_leader() {
+                Some(a) => a,
+                None if route == Route::AnyNode => self.rotate(),
+                None => match self.discover(remaining).await {
+                    Discovery::Leader(a) | Discovery::Forwarder(a) => {
+                        self.set_leader(Some(a.clone()));
+                        a
+                    }
+                    Discovery::NoQuorum(e) => {
+                        return Err(ClientError::new(ErrorKind::Unavailable, e));
+                    }
+                    Discovery::NotYet(e) => {
+                        last_err = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let remaining = deadline.saturating_sub(start.elapsed());
+            if remaining.is_zero() {
+                return Err(deadline_error(&last_err));
             }
             let ch = self.channel_for(&addr)?;
             match tokio::time::timeout(remaining, call(ch, remaining)).await {
-                Ok(Ok(v)) => {
-                    self.set_leader(Some(addr));
-                    return Ok(v);
-                }
+                Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => match classify(&status, is_write) {
                     Verdict::RetryAt(a) => {
                         last_err = status.message().to_string();
                         if a == addr {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        self.set_leader(Some(a.clone()));
-                        addr = a;
+                        self.set_leader(Some(a));
                     }
                     Verdict::RetryElsewhere(e) => {
                         last_err = e;
                         self.set_leader(None);
                         tokio::time::sleep(Duration::from_millis(25)).await;
-                        addr = self.rotate();
                     }
                     Verdict::Fail(e) => {
                         if e.kind == ErrorKind::OutcomeUnknown {
@@ -390,9 +511,14 @@ impl RaftClient {
             key: key.to_vec(),
             consistency: consistency as i32,
         };
-        // The same path for every level: a stale read is answered by whichever node is reached
-        // (followers answer it locally), the others by the leader.
-        self.run(false, |ch, t| {
+        // A stale read is answered by whichever node is reached (followers answer it locally),
+        // the other levels by the leader.
+        let route = if consistency == Consistency::Stale {
+            Route::AnyNode
+        } else {
+            Route::Leader
+        };
+        self.run_for(self.deadline, false, route, |ch, t| {
             let m = msg.clone();
             async move {
                 KvClient::new(ch)
@@ -442,7 +568,12 @@ impl RaftClient {
             limit,
             consistency: consistency as i32,
         };
-        self.run(false, |ch, t| {
+        let route = if consistency == Consistency::Stale {
+            Route::AnyNode
+        } else {
+            Route::Leader
+        };
+        self.run_for(self.deadline, false, route, |ch, t| {
             let m = msg.clone();
             async move {
                 KvClient::new(ch)
@@ -471,7 +602,7 @@ impl RaftClient {
             wait_ms: wait.as_millis() as u64,
         };
         let deadline = self.deadline.max(wait + Duration::from_secs(2));
-        self.run_for(deadline, true, |ch, t| {
+        self.run_for(deadline, true, Route::Leader, |ch, t| {
             let m = msg.clone();
             async move {
                 LockClient::new(ch)

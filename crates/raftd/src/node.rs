@@ -610,8 +610,11 @@ impl RaftNode {
         if voters == 0 {
             return NodeError::Uninitialized(self.id);
         }
+        // A leader not heard from within the reachability window may be gone: naming it would
+        // send the client to a dead address, where its write ends "outcome unknown".
         if let Some(leader) = metrics.current_leader
             && leader != self.id
+            && self.tracker.reachable(leader, self.reachability_window())
         {
             let addr = metrics
                 .membership_config
@@ -636,10 +639,12 @@ impl RaftNode {
 
     fn map_forward(&self, leader_id: Option<NodeId>, leader_node: Option<MemberNode>) -> NodeError {
         match leader_id {
-            Some(id) if id != self.id => NodeError::NotLeader {
-                leader_id: Some(id),
-                leader_addr: leader_node.map(|n| n.grpc_addr),
-            },
+            Some(id) if id != self.id && self.tracker.reachable(id, self.reachability_window()) => {
+                NodeError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: leader_node.map(|n| n.grpc_addr),
+                }
+            }
             _ => self.unavailable_error(),
         }
     }

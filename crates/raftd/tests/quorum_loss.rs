@@ -155,3 +155,96 @@ async fn kill_three_of_five_then_recover() {
     }
     println!("all {} acknowledged writes present", acked.len());
 }
+
+/// Freeze (SIGSTOP) the leader and one follower of 3: their sockets still accept connections,
+/// so a client that sent blindly would wait for its deadline and learn nothing. The client must
+/// instead get the clear "no quorum ... (not applied)" error from the survivor, and keep getting
+/// it quickly, while at most the writes already in flight to the frozen leader end "outcome
+/// unknown". Prints how long each answer took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_majority_gives_a_clear_error_not_a_hang() {
+    let (_serial, _dir, mut guard) = common::up("frozen", 3, &[]).await;
+    let c = &mut guard.0;
+    let leader = common::leader(c, Duration::from_secs(10)).await.unwrap();
+    let client = c.client().unwrap();
+    common::put_retry(&client, b"before", b"1").await;
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    let survivor = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader && *id != follower)
+        .unwrap();
+    c.pause(leader).unwrap();
+    c.pause(follower).unwrap();
+    let frozen_at = Instant::now();
+    println!("froze leader {leader} and follower {follower}; node {survivor} survives");
+
+    // Keys whose put was answered "not applied": none may exist afterwards.
+    let mut refused: Vec<String> = Vec::new();
+    let mut unknown = 0;
+    let first_clear = loop {
+        let t = Instant::now();
+        let key = format!("frozen-{}", refused.len() + unknown);
+        let e = client.put(key.as_bytes(), b"x").await.unwrap_err();
+        println!(
+            "put after {:?} failed in {:?}: {:?}: {}",
+            frozen_at.elapsed(),
+            t.elapsed(),
+            e.kind,
+            e.message
+        );
+        if e.kind == ErrorKind::Unavailable {
+            refused.push(key);
+            break frozen_at.elapsed();
+        }
+        assert_eq!(e.kind, ErrorKind::OutcomeUnknown, "{e:?}");
+        unknown += 1;
+        assert!(
+            unknown <= 1,
+            "more than the one write in flight to the frozen leader ended outcome unknown"
+        );
+    };
+    println!("first clear no-quorum error {first_clear:?} after the freeze");
+    for i in 0..3 {
+        let t = Instant::now();
+        let key = format!("refused-{i}");
+        let e = client.put(key.as_bytes(), b"x").await.unwrap_err();
+        refused.push(key);
+        let took = t.elapsed();
+        println!("next put failed in {took:?}: {}", e.message);
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
+        assert!(
+            e.message
+                .contains("no quorum: 1 of 3 voters reachable, 2 needed"),
+            "{}",
+            e.message
+        );
+        let e = client
+            .get(b"before", Consistency::Linearizable)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "linearizable read: {e:?}");
+    }
+
+    c.resume(leader).unwrap();
+    c.resume(follower).unwrap();
+    common::put_retry(&client, b"after", b"ok").await;
+    let g = client
+        .get(b"before", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(g.value, b"1");
+    for key in &refused {
+        let g = client
+            .get(key.as_bytes(), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert!(!g.found, "{key} was answered 'not applied' but was applied");
+    }
+}
