@@ -140,6 +140,9 @@ enum WriteOp {
     Append(Vec<(LogId, Vec<u8>)>, IOFlushed<TypeConfig>),
     /// Any other write, run in its own transaction; the result is sent back.
     Other(OrderedWrite, tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Purge through this log id: `last_purged` is written (fsynced) and the rows become
+    /// invisible before the answer; they are deleted later, in chunks, when the writer is idle.
+    Purge(LogId, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// The Raft log on redb. Cloned for log readers; all clones share the database.
@@ -156,7 +159,34 @@ pub struct LogStore {
     pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
     /// Latest committed log id not yet written; the next append transaction writes it.
     committed: Arc<Mutex<Option<Option<LogId>>>>,
+    /// Rows with an index below this are purged: `last_purged` is durable, and the writer thread
+    /// deletes the rows in small chunks when no append is waiting.
+    purge_below: Arc<AtomicU64>,
     tx: std::sync::mpsc::Sender<WriteOp>,
+}
+
+/// Rows deleted per purge transaction. Deleting a whole snapshot's worth of log (50,000 entries)
+/// in one transaction stalled every append behind it for seconds, long enough for a loaded
+/// cluster to lose its quorum acks.
+const PURGE_CHUNK: u64 = 2_000;
+
+/// Deletes up to `PURGE_CHUNK` of the lowest rows below `below`; returns whether rows remain.
+fn purge_chunk(db: &Database, below: u64) -> io::Result<bool> {
+    let txn = db.begin_write().map_err(io_err)?;
+    let more = {
+        let mut t = txn.open_table(LOG).map_err(io_err)?;
+        let first = t.first().map_err(io_err)?.map(|(k, _)| k.value());
+        match first {
+            Some(lo) if lo < below => {
+                let hi = below.min(lo.saturating_add(PURGE_CHUNK));
+                t.retain_in(lo..hi, |_, _| false).map_err(io_err)?;
+                hi < below
+            }
+            _ => false,
+        }
+    };
+    txn.commit().map_err(io_err)?;
+    Ok(more)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,12 +200,42 @@ fn writer_loop(
     db: Arc<Database>,
     pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
     committed: Arc<Mutex<Option<Option<LogId>>>>,
+    purge_below: Arc<AtomicU64>,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) {
     let mut next: Option<WriteOp> = None;
+    // Whether purged rows may remain below `purge_below` (checked once at start: a crash can
+    // leave some behind).
+    let mut purging = true;
+    let mut purged_below = 0u64;
     loop {
+        let target = purge_below.load(Ordering::Acquire);
+        if target > purged_below {
+            purging = true;
+        }
         let op = match next.take() {
             Some(op) => op,
+            None if purging => match rx.try_recv() {
+                Ok(op) => op,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    // Idle: delete one chunk of purged rows, then look at the queue again.
+                    match purge_chunk(&db, target) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            purging = false;
+                            purged_below = target;
+                        }
+                        Err(e) => {
+                            // Retried when the next purge raises the target.
+                            tracing::warn!(error = %e, "purging log rows failed");
+                            purging = false;
+                            purged_below = target;
+                        }
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            },
             None => match rx.recv() {
                 Ok(op) => op,
                 Err(_) => return,
@@ -184,6 +244,13 @@ fn writer_loop(
         match op {
             WriteOp::Other(f, done) => {
                 let _ = done.send(f(&db));
+            }
+            WriteOp::Purge(log_id, done) => {
+                let res = put_meta_durable(&db, LOG_META, "last_purged", &log_id);
+                if res.is_ok() {
+                    purge_below.fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
+                }
+                let _ = done.send(res);
             }
             WriteOp::Append(first, cb) => {
                 // Group commit: take every append already queued behind this one.
@@ -241,16 +308,28 @@ impl LogStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let pending = Arc::new(Mutex::new(BTreeMap::new()));
         let committed = Arc::new(Mutex::new(None));
-        let (d, p, c) = (db.clone(), pending.clone(), committed.clone());
+        let last_purged = get_meta::<LogId>(&db, LOG_META, "last_purged")
+            .ok()
+            .flatten();
+        let purge_below = Arc::new(AtomicU64::new(
+            last_purged.map(|l| l.index.saturating_add(1)).unwrap_or(0),
+        ));
+        let (d, p, c, b) = (
+            db.clone(),
+            pending.clone(),
+            committed.clone(),
+            purge_below.clone(),
+        );
         std::thread::Builder::new()
             .name("raftd-log-writer".into())
-            .spawn(move || writer_loop(d, p, c, rx))
+            .spawn(move || writer_loop(d, p, c, b, rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log writer thread"));
         Self {
             db,
             pending,
             committed,
+            purge_below,
             tx,
         }
     }
@@ -274,6 +353,8 @@ impl LogStore {
             Bound::Excluded(s) => s.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // Purged rows may still be on disk until the writer deletes them: never return them.
+        let start = start.max(self.purge_below.load(Ordering::Acquire));
         let end = match range.end_bound() {
             Bound::Included(e) => Bound::Included(*e),
             Bound::Excluded(e) => Bound::Excluded(*e),
@@ -409,18 +490,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.write_ordered(move |db| {
-            let bytes = encode(&log_id)?;
-            let txn = db.begin_write().map_err(io_err)?;
-            {
-                let mut m = txn.open_table(LOG_META).map_err(io_err)?;
-                m.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
-                let mut t = txn.open_table(LOG).map_err(io_err)?;
-                t.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
-            }
-            txn.commit().map_err(io_err)
-        })
-        .await?;
+        // Only `last_purged` is written now; the rows go in small chunks when the writer is
+        // idle (see `purge_chunk`). Nothing reads below `last_purged`, and the log's last id
+        // comes from its highest row, so rows not yet deleted are never seen.
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteOp::Purge(log_id, done))
+            .map_err(|_| io::Error::other("log writer thread stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("log writer thread stopped"))??;
         let mut p = lock(&self.pending);
         let keep = p.split_off(&(log_id.index + 1));
         *p = keep;
@@ -735,6 +813,96 @@ mod tests {
         );
         let back = decode_snapshot(&encode_snapshot(&sm).unwrap()).unwrap();
         assert_eq!(back, sm);
+    }
+
+    /// Rows on disk in the log table.
+    fn log_rows(db: &Database) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(LOG).unwrap();
+        t.len().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_hides_rows_at_once_and_deletes_them_in_chunks() {
+        use openraft::testing::{blank_ent, log_id};
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_database(dir.path()).unwrap();
+        let mut log = LogStore::new(db.clone());
+        let n = 3 * PURGE_CHUNK + 117;
+        log.append(
+            (1..=n).map(|i| blank_ent::<TypeConfig>(1, 1, i)),
+            IOFlushed::noop(),
+        )
+        .await
+        .unwrap();
+        let start = std::time::Instant::now();
+        while log_rows(&db) != n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "append not written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
+        let purged = log_id::<TypeConfig>(1, 1, n - 100);
+        log.purge(purged).await.unwrap();
+        // Hidden at once, whatever is still on disk.
+        assert!(
+            log.try_get_log_entries(0..=n - 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let rest = log.try_get_log_entries(0..=n).await.unwrap();
+        assert_eq!(rest.len(), 100);
+        assert_eq!(rest[0].log_id.index, n - 99);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purged));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(n));
+        // Deleted from disk soon after.
+        let start = std::time::Instant::now();
+        while log_rows(&db) != 100 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "rows not purged"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
+        // Rows left below `last_purged` (a crash mid-purge) are deleted by the next writer.
+        {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LOG).unwrap();
+                for i in 1..=10u64 {
+                    t.insert(
+                        i,
+                        encode(&blank_ent::<TypeConfig>(1, 1, i))
+                            .unwrap()
+                            .as_slice(),
+                    )
+                    .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let mut reopened = LogStore::new(db.clone());
+        assert!(
+            reopened
+                .try_get_log_entries(0..=10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let start = std::time::Instant::now();
+        while log_rows(&db) != 100 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "leftovers not purged"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[test]
