@@ -430,7 +430,10 @@ impl RaftClient {
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
                     Verdict::Fail(e) => {
-                        if e.kind == ErrorKind::OutcomeUnknown {
+                        // After "outcome unknown" or "no quorum" the node may no longer lead (a
+                        // deposed leader on the minority side answers "no quorum" while the
+                        // majority elects another): the next call finds the leader afresh.
+                        if matches!(e.kind, ErrorKind::OutcomeUnknown | ErrorKind::Unavailable) {
                             self.set_leader(None);
                         }
                         return Err(e);
