@@ -1,6 +1,10 @@
 //! `raftctl bench`: throughput and p50/p99/p999 latency of local raftd clusters by consistency
 //! level, with and without an injected peer round trip, and etcd 3.5 on the same machine in the
 //! same run, printed side by side with ratios.
+//!
+//! The raftd-vs-etcd headline (3 nodes, 64 clients: puts, raftd lease reads, etcd linearizable
+//! reads) runs in interleaved rounds with both clusters up, alternating which system goes first,
+//! so that drift in the machine's load falls on both; the ratios are per round, with the median.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -43,6 +47,9 @@ pub struct BenchArgs {
     /// Skip the etcd comparison.
     #[arg(long)]
     pub skip_etcd: bool,
+    /// Interleaved raftd/etcd rounds for the headline ratios.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Working directory for cluster data (default: a temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -51,6 +58,8 @@ pub struct BenchArgs {
 /// One measurement.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Measurement {
+    /// 0 for the per-level table; 1.. for the interleaved raftd/etcd rounds.
+    pub round: u32,
     pub system: String,
     pub nodes: usize,
     pub rtt_ms: u64,
@@ -61,6 +70,8 @@ pub struct Measurement {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub errors: u64,
+    /// The first error message, when there were errors.
+    pub first_error: Option<String>,
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -71,19 +82,23 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
+/// What one load run measured: ops/s, sorted latencies (µs), error count and the first error.
+type LoadResult = (f64, Vec<u32>, u64, Option<String>);
+
 /// Runs `clients` concurrent loops of `op` for `duration`; latencies in microseconds.
-async fn run_load<F, Fut>(clients: usize, duration: Duration, op: F) -> (f64, Vec<u32>, u64)
+async fn run_load<F, Fut>(clients: usize, duration: Duration, op: F) -> LoadResult
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let op = Arc::new(op);
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (op, errors) = (op.clone(), errors.clone());
+        let (op, errors, first_error) = (op.clone(), errors.clone(), first_error.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
             let mut i = 0u64;
@@ -91,8 +106,12 @@ where
                 let t = Instant::now();
                 match op(c, i).await {
                     Ok(()) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0
+                            && let Ok(mut f) = first_error.lock()
+                        {
+                            f.get_or_insert(e);
+                        }
                     }
                 }
                 i += 1;
@@ -112,6 +131,7 @@ where
         all.len() as f64 / elapsed,
         all,
         errors.load(Ordering::Relaxed),
+        first_error.lock().ok().and_then(|mut f| f.take()),
     )
 }
 
@@ -121,9 +141,10 @@ fn measurement(
     rtt: u64,
     workload: &str,
     clients: usize,
-    r: (f64, Vec<u32>, u64),
+    r: LoadResult,
 ) -> Measurement {
     let m = Measurement {
+        round: 0,
         system: system.into(),
         nodes,
         rtt_ms: rtt,
@@ -134,6 +155,7 @@ fn measurement(
         p99_ms: pct(&r.1, 0.99),
         p999_ms: pct(&r.1, 0.999),
         errors: r.2,
+        first_error: r.3,
     };
     eprintln!(
         "  {:<6} {} nodes rtt {:>2}ms {:<18} {:>3} clients: {:>9.0} ops/s  p50 {:>7.2}ms  p99 {:>7.2}ms  p999 {:>7.2}ms  errors {}",
@@ -148,7 +170,92 @@ fn measurement(
         m.p999_ms,
         m.errors
     );
+    if let Some(e) = &m.first_error {
+        eprintln!("    first error: {e}");
+    }
     m
+}
+
+/// A local raftd cluster with its client and preloaded keys, ready to be measured.
+struct RaftdUnderTest {
+    guard: raft_local::ClusterGuard,
+    client: Arc<raft_proto::RaftClient>,
+    value: Arc<Vec<u8>>,
+    nodes: usize,
+    rtt: u64,
+}
+
+impl RaftdUnderTest {
+    async fn up(a: &BenchArgs, dir: &Path, nodes: usize, rtt: u64) -> anyhow::Result<Self> {
+        let cdir = dir.join(format!("raftd-{nodes}n-{rtt}ms"));
+        let _ = std::fs::remove_dir_all(&cdir);
+        let mut extra = vec![];
+        if rtt > 0 {
+            extra.push(format!("--inject-peer-rtt-ms={rtt}"));
+        }
+        let cluster = LocalCluster::up(
+            &cdir,
+            UpOptions {
+                nodes,
+                raftd_bin: find_raftd(),
+                extra_args: extra,
+                leader_timeout: Duration::from_secs(30),
+            },
+        )
+        .await?;
+        let guard = raft_local::ClusterGuard(cluster);
+        let client = Arc::new(guard.0.client()?);
+        let value = Arc::new(vec![b'v'; a.value_size]);
+        // Preload the keys the readers read; the first put also finds the leader.
+        for k in 0..1000u32 {
+            client
+                .put(format!("key-{k}").as_bytes(), &value)
+                .await
+                .map_err(|e| anyhow::anyhow!("preload: {e}"))?;
+        }
+        Ok(Self {
+            guard,
+            client,
+            value,
+            nodes,
+            rtt,
+        })
+    }
+
+    /// `clients` loops of puts (`None`) or reads at `consistency` for `duration`.
+    async fn measure(
+        &self,
+        name: &str,
+        consistency: Option<Consistency>,
+        clients: usize,
+        duration: Duration,
+    ) -> Measurement {
+        let (client, value) = (self.client.clone(), self.value.clone());
+        let r = run_load(clients, duration, move |c, i| {
+            let (client, value) = (client.clone(), value.clone());
+            async move {
+                let key = format!("key-{}", (c as u64 * 7919 + i) % 1000);
+                match consistency {
+                    None => client
+                        .put(key.as_bytes(), &value)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Some(lvl) => client
+                        .get(key.as_bytes(), lvl)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                }
+            }
+        })
+        .await;
+        measurement("raftd", self.nodes, self.rtt, name, clients, r)
+    }
+
+    fn down(mut self) -> anyhow::Result<()> {
+        self.guard.0.down()
+    }
 }
 
 async fn bench_raftd(
@@ -159,62 +266,15 @@ async fn bench_raftd(
     workloads: &[(&str, Option<Consistency>)],
     client_counts: &[usize],
 ) -> anyhow::Result<Vec<Measurement>> {
-    let cdir = dir.join(format!("raftd-{nodes}n-{rtt}ms"));
-    let _ = std::fs::remove_dir_all(&cdir);
-    let mut extra = vec![];
-    if rtt > 0 {
-        extra.push(format!("--inject-peer-rtt-ms={rtt}"));
-    }
-    let cluster = LocalCluster::up(
-        &cdir,
-        UpOptions {
-            nodes,
-            raftd_bin: find_raftd(),
-            extra_args: extra,
-            leader_timeout: Duration::from_secs(30),
-        },
-    )
-    .await?;
-    let mut guard = raft_local::ClusterGuard(cluster);
-    let client = Arc::new(guard.0.client()?);
-    let value = Arc::new(vec![b'v'; a.value_size]);
-    // Preload the keys the readers read, and settle the leader.
-    for k in 0..1000u32 {
-        client
-            .put(format!("key-{k}").as_bytes(), &value)
-            .await
-            .map_err(|e| anyhow::anyhow!("preload: {e}"))?;
-    }
-    let mut out = Vec::new();
+    let cluster = RaftdUnderTest::up(a, dir, nodes, rtt).await?;
     let duration = Duration::from_secs(a.seconds);
+    let mut out = Vec::new();
     for &clients in client_counts {
         for (name, consistency) in workloads {
-            let (client, value) = (client.clone(), value.clone());
-            let consistency = *consistency;
-            let r = run_load(clients, duration, move |c, i| {
-                let (client, value) = (client.clone(), value.clone());
-                async move {
-                    let key = format!("key-{}", (c as u64 * 7919 + i) % 1000);
-                    match consistency {
-                        None => client
-                            .put(key.as_bytes(), &value)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        Some(lvl) => client
-                            .get(key.as_bytes(), lvl)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                    }
-                }
-            })
-            .await;
-            out.push(measurement("raftd", nodes, rtt, name, clients, r));
+            out.push(cluster.measure(name, *consistency, clients, duration).await);
         }
     }
-    guard.0.down()?;
-    drop(guard);
+    cluster.down()?;
     Ok(out)
 }
 
@@ -364,24 +424,31 @@ async fn etcd_leader(chans: &[Channel]) -> anyhow::Result<usize> {
     anyhow::bail!("no etcd member reported itself leader within 5 s")
 }
 
-/// etcd 3.5 on 3 nodes, driven two ways: requests spread round-robin over the endpoints (what
-/// clientv3 does; followers forward to the leader) and pinned to the leader (etcd's best case).
-/// The ratios compare raftd with the better of the two.
-async fn bench_etcd(a: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Measurement>> {
-    let bin = find_etcd(a)?;
-    let cluster = start_etcd(&bin, dir, 3).await?;
-    let mut chans = Vec::new();
-    for e in &cluster.endpoints {
-        chans.push(
-            Endpoint::from_shared(e.clone())?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
-    }
-    let leader = etcd_leader(&chans).await?;
-    let value = Arc::new(vec![b'v'; a.value_size]);
-    {
+/// etcd 3.5 on 3 nodes with preloaded keys, driven two ways: requests spread round-robin over
+/// the endpoints (system `etcd`, what clientv3 does; followers forward to the leader) and pinned
+/// to the leader (system `etcd-l`, etcd's best case). The ratios use the better of the two.
+struct EtcdUnderTest {
+    _cluster: EtcdCluster,
+    chans: Vec<Channel>,
+    leader: usize,
+    value: Arc<Vec<u8>>,
+}
+
+impl EtcdUnderTest {
+    async fn up(a: &BenchArgs, dir: &Path) -> anyhow::Result<Self> {
+        let bin = find_etcd(a)?;
+        let cluster = start_etcd(&bin, dir, 3).await?;
+        let mut chans = Vec::new();
+        for e in &cluster.endpoints {
+            chans.push(
+                Endpoint::from_shared(e.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            );
+        }
+        let leader = etcd_leader(&chans).await?;
+        let value = Arc::new(vec![b'v'; a.value_size]);
         let mut kv = etcdpb::kv_client::KvClient::new(chans[leader].clone());
         for k in 0..1000u32 {
             kv.put(etcdpb::PutRequest {
@@ -391,62 +458,115 @@ async fn bench_etcd(a: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Measurement
             })
             .await?;
         }
+        Ok(Self {
+            _cluster: cluster,
+            chans,
+            leader,
+            value,
+        })
     }
-    let duration = Duration::from_secs(a.seconds);
-    let mut out = Vec::new();
-    let routes: [(&str, Vec<Channel>); 2] = [
-        ("etcd", chans.clone()),
-        ("etcd-l", vec![chans[leader].clone()]),
-    ];
-    for (system, route) in routes {
-        let route: Arc<Vec<Channel>> = Arc::new(route);
-        for (name, is_put) in [("put", true), ("read linearizable", false)] {
-            let (route, value) = (route.clone(), value.clone());
-            let r = run_load(a.clients, duration, move |c, i| {
-                let mut kv =
-                    etcdpb::kv_client::KvClient::new(route[(c + i as usize) % route.len()].clone());
-                let value = value.clone();
-                async move {
-                    let key = format!("key-{}", (c as u64 * 7919 + i) % 1000).into_bytes();
-                    if is_put {
-                        kv.put(etcdpb::PutRequest {
-                            key,
-                            value: value.to_vec(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                    } else {
-                        kv.range(etcdpb::RangeRequest {
-                            key,
-                            serializable: false,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                    }
+
+    /// Puts or linearizable reads through `system` (`etcd` round-robin, `etcd-l` leader).
+    async fn measure(
+        &self,
+        system: &str,
+        is_put: bool,
+        clients: usize,
+        duration: Duration,
+    ) -> Measurement {
+        let route: Arc<Vec<Channel>> = Arc::new(if system == "etcd-l" {
+            vec![self.chans[self.leader].clone()]
+        } else {
+            self.chans.clone()
+        });
+        let value = self.value.clone();
+        let r = run_load(clients, duration, move |c, i| {
+            let mut kv =
+                etcdpb::kv_client::KvClient::new(route[(c + i as usize) % route.len()].clone());
+            let value = value.clone();
+            async move {
+                let key = format!("key-{}", (c as u64 * 7919 + i) % 1000).into_bytes();
+                if is_put {
+                    kv.put(etcdpb::PutRequest {
+                        key,
+                        value: value.to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                } else {
+                    kv.range(etcdpb::RangeRequest {
+                        key,
+                        serializable: false,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
                 }
-            })
-            .await;
-            out.push(measurement(system, 3, 0, name, a.clients, r));
+            }
+        })
+        .await;
+        let workload = if is_put { "put" } else { "read linearizable" };
+        measurement(system, 3, 0, workload, clients, r)
+    }
+}
+
+/// The headline comparison: `rounds` interleaved rounds of raftd (puts, lease reads) and etcd
+/// (puts, linearizable reads, both routes) at `a.clients` clients, both clusters up throughout,
+/// the order alternating each round.
+async fn headline_rounds(a: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Measurement>> {
+    let etcd = EtcdUnderTest::up(a, dir).await?;
+    let raftd = RaftdUnderTest::up(a, dir, 3, 0).await?;
+    let duration = Duration::from_secs(a.seconds);
+    let c = a.clients;
+    let mut out = Vec::new();
+    for round in 1..=a.rounds {
+        eprintln!("round {round} of {}:", a.rounds);
+        let mut raftd_part = Vec::new();
+        let mut etcd_part = Vec::new();
+        let raftd_first = round % 2 == 1;
+        for turn in 0..2 {
+            if (turn == 0) == raftd_first {
+                raftd_part.push(raftd.measure("put", None, c, duration).await);
+                raftd_part.push(
+                    raftd
+                        .measure("read lease", Some(Consistency::Lease), c, duration)
+                        .await,
+                );
+            } else {
+                for system in ["etcd", "etcd-l"] {
+                    etcd_part.push(etcd.measure(system, true, c, duration).await);
+                    etcd_part.push(etcd.measure(system, false, c, duration).await);
+                }
+            }
+        }
+        for mut m in raftd_part.into_iter().chain(etcd_part) {
+            m.round = round;
+            out.push(m);
         }
     }
-    drop(cluster);
+    raftd.down()?;
     Ok(out)
 }
 
 /// The better etcd figure of the two client routes (higher throughput).
-fn best_etcd<'a>(ms: &'a [Measurement], workload: &str, clients: usize) -> Option<&'a Measurement> {
+fn best_etcd<'a>(
+    ms: &'a [Measurement],
+    round: u32,
+    workload: &str,
+    clients: usize,
+) -> Option<&'a Measurement> {
     ["etcd", "etcd-l"]
         .iter()
-        .filter_map(|sys| find(ms, sys, 3, 0, workload, clients))
+        .filter_map(|sys| find(ms, round, sys, 3, 0, workload, clients))
         .max_by(|x, y| x.ops_per_sec.total_cmp(&y.ops_per_sec))
 }
 
 fn find<'a>(
     ms: &'a [Measurement],
+    round: u32,
     system: &str,
     nodes: usize,
     rtt: u64,
@@ -454,7 +574,8 @@ fn find<'a>(
     clients: usize,
 ) -> Option<&'a Measurement> {
     ms.iter().find(|m| {
-        m.system == system
+        m.round == round
+            && m.system == system
             && m.nodes == nodes
             && m.rtt_ms == rtt
             && m.workload == workload
@@ -508,44 +629,64 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
     }
     let mut etcd_err = None;
     if !a.skip_etcd {
-        eprintln!("etcd 3.5, 3 nodes:");
-        match bench_etcd(a, &dir).await {
+        eprintln!(
+            "raftd vs etcd 3.5, 3 nodes, {} clients, {} interleaved rounds:",
+            a.clients, a.rounds
+        );
+        match headline_rounds(a, &dir).await {
             Ok(e) => ms.extend(e),
             Err(e) => etcd_err = Some(e.to_string()),
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if ms.iter().any(|m| m.errors > 0) {
+        eprintln!(
+            "some requests failed; kept {} with the clusters' logs",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
-    // Ratios measured in this run.
+    // Ratios measured in this run: per interleaved round, then the median over rounds.
     let mut ratios = serde_json::Map::new();
     let c = a.clients;
-    if let (Some(r), Some(e)) = (find(&ms, "raftd", 3, 0, "put", c), best_etcd(&ms, "put", c)) {
-        ratios.insert("put_etcd_route".into(), e.system.clone().into());
-        ratios.insert(
-            "put_throughput_raftd_over_etcd".into(),
-            (r.ops_per_sec / e.ops_per_sec).into(),
-        );
-        ratios.insert(
-            "put_p99_raftd_over_etcd".into(),
-            (r.p99_ms / e.p99_ms).into(),
-        );
+    let mut per_round: [(&str, Vec<f64>); 3] = [
+        ("put_throughput_raftd_over_etcd", Vec::new()),
+        ("put_p99_raftd_over_etcd", Vec::new()),
+        (
+            "lease_read_throughput_raftd_over_etcd_linearizable",
+            Vec::new(),
+        ),
+    ];
+    for round in 1..=a.rounds {
+        if let (Some(r), Some(e)) = (
+            find(&ms, round, "raftd", 3, 0, "put", c),
+            best_etcd(&ms, round, "put", c),
+        ) {
+            per_round[0].1.push(r.ops_per_sec / e.ops_per_sec);
+            per_round[1].1.push(r.p99_ms / e.p99_ms);
+        }
+        if let (Some(r), Some(e)) = (
+            find(&ms, round, "raftd", 3, 0, "read lease", c),
+            best_etcd(&ms, round, "read linearizable", c),
+        ) {
+            per_round[2].1.push(r.ops_per_sec / e.ops_per_sec);
+        }
     }
-    if let (Some(r), Some(e)) = (
-        find(&ms, "raftd", 3, 0, "read lease", c),
-        best_etcd(&ms, "read linearizable", c),
-    ) {
-        ratios.insert("read_etcd_route".into(), e.system.clone().into());
-        ratios.insert(
-            "lease_read_throughput_raftd_over_etcd_linearizable".into(),
-            (r.ops_per_sec / e.ops_per_sec).into(),
-        );
+    for (name, mut values) in per_round {
+        if values.is_empty() {
+            continue;
+        }
+        ratios.insert(format!("{name}_by_round"), values.clone().into());
+        values.sort_by(f64::total_cmp);
+        ratios.insert(format!("{name}_median"), values[values.len() / 2].into());
     }
     for &n in &sizes {
         for rtt in [0, a.rtt_ms] {
             for clients in [1, c] {
                 if let (Some(l), Some(ri)) = (
-                    find(&ms, "raftd", n, rtt, "read lease", clients),
-                    find(&ms, "raftd", n, rtt, "read read_index", clients),
+                    find(&ms, 0, "raftd", n, rtt, "read lease", clients),
+                    find(&ms, 0, "raftd", n, rtt, "read read_index", clients),
                 ) {
                     ratios.insert(
                         format!("p99_read_index_over_lease_{n}n_{rtt}ms_{clients}c"),
@@ -564,7 +705,8 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
         ),
         OutputFormat::Table => {
             println!(
-                "{:<6} {:>5} {:>6} {:<18} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                "{:>5} {:<6} {:>5} {:>6} {:<18} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                "ROUND",
                 "SYSTEM",
                 "NODES",
                 "RTTms",
@@ -578,7 +720,12 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
             );
             for m in &ms {
                 println!(
-                    "{:<6} {:>5} {:>6} {:<18} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                    "{:>5} {:<6} {:>5} {:>6} {:<18} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                    if m.round == 0 {
+                        "-".to_string()
+                    } else {
+                        m.round.to_string()
+                    },
                     m.system,
                     m.nodes,
                     m.rtt_ms,
@@ -596,9 +743,15 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
                 "etcd: clientv3-style round-robin over the 3 endpoints; etcd-l: pinned to the leader"
             );
             for (k, v) in &ratios {
-                match v.as_f64() {
-                    Some(x) => println!("{k}: {x:.2}"),
-                    None => println!("{k}: {}", v.as_str().unwrap_or_default()),
+                match v {
+                    serde_json::Value::Array(xs) => println!(
+                        "{k}: {}",
+                        xs.iter()
+                            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    _ => println!("{k}: {:.2}", v.as_f64().unwrap_or(f64::NAN)),
                 }
             }
             if let Some(e) = etcd_err {
