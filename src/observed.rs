@@ -460,9 +460,11 @@ pub mod fixtures {
                     if m.ordinal == ordinal {
                         r.role = MemberRole::Leader;
                         r.matched = matched.clone();
+                        r.lease_valid = true;
                     } else if r.role == MemberRole::Leader {
                         r.role = MemberRole::Follower;
                         r.matched.clear();
+                        r.lease_valid = false;
                     }
                 }
             }

@@ -94,8 +94,15 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
         .collect();
 
     let bootstrapped = o.bootstrapped() || matches!(action, Action::InitializeCluster { .. });
+    // A leader whose lease lapsed has had no quorum ack for a lease period: it cannot commit and
+    // will step down. Counting it as "no leader" reports the loss one observation earlier, while
+    // a leader with a valid lease (a majority still acks it) keeps the cluster available even
+    // when the operator itself reaches fewer members.
+    let leader_has_quorum = leader
+        .and_then(|l| l.raft.as_ref())
+        .is_some_and(|r| r.lease_valid);
     let quorum_lost =
-        bootstrapped && leader.is_none() && reachable_voters < quorum::majority(voters);
+        bootstrapped && !leader_has_quorum && reachable_voters < quorum::majority(voters);
 
     let rollout = rollout_status(o, action, &voter_ordinals);
     let conditions = conditions(
@@ -621,6 +628,34 @@ mod tests {
         assert_eq!(s.node_fault_tolerance, 0);
         assert_eq!(s.zone_fault_tolerance, 0);
         assert!(s.leader.is_none());
+    }
+
+    #[test]
+    fn a_leader_without_a_lease_does_not_hide_quorum_loss() {
+        // Members 0 and 1 are cut off; the leader (4) has not stepped down yet, but its lease
+        // lapsed: no quorum has acknowledged it for a lease period.
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .leader(4)
+            .unreachable(0)
+            .unreachable(1)
+            .unreachable(2)
+            .member(4, |m| m.raft.as_mut().unwrap().lease_valid = false)
+            .build();
+        let s = status_of(&o);
+        assert_eq!(condition(&s, "QuorumLost").status, "True");
+        assert_eq!(condition(&s, "Available").status, "False");
+
+        // The same view with the leader's lease valid: a majority still acknowledges it (the
+        // operator is the one cut off), so the cluster is not reported lost.
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .leader(4)
+            .unreachable(0)
+            .unreachable(1)
+            .unreachable(2)
+            .build();
+        assert_eq!(condition(&status_of(&o), "QuorumLost").status, "False");
     }
 
     #[test]
