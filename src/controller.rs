@@ -23,7 +23,7 @@ pub const FINALIZER: &str = "raft-operator.dev/cleanup";
 /// How often a settled cluster is observed again: Raft state changes (a lost leader) do not
 /// always touch a Kubernetes object, so status is refreshed on a short timer too.
 pub const SETTLED_REQUEUE: Duration = Duration::from_secs(3);
-/// Requeue while something is in progress.
+/// Requeue while something is in progress, or while a member is down.
 pub const BUSY_REQUEUE: Duration = Duration::from_secs(1);
 
 /// Shared by every reconcile.
@@ -183,8 +183,13 @@ async fn apply(cluster: &RaftCluster, ctx: &Context) -> Result<Requeue, Reconcil
         took_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
+    // A cluster with a member down is watched as closely as a busy one: a second failure
+    // (say, another zone) must show up as QuorumLost within seconds.
+    let all_healthy = new_status.members.iter().all(|m| m.healthy);
     Ok(match action {
-        Action::Wait { reason } if reason.is_empty() => Requeue::requeue(SETTLED_REQUEUE),
+        Action::Wait { reason } if reason.is_empty() && all_healthy => {
+            Requeue::requeue(SETTLED_REQUEUE)
+        }
         _ => Requeue::requeue(BUSY_REQUEUE),
     })
 }

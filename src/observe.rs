@@ -2,11 +2,11 @@
 //! every member's raftd status in parallel, each call bounded, into an [`Observed`].
 
 use crate::admin;
-use crate::crd::RaftCluster;
+use crate::crd::{MemberRole, RaftCluster};
 use crate::manifests::{
     CLUSTER_LABEL, GRPC_PORT, MEMBER_LABEL, REVISION_LABEL, ZONE_LABEL, pod_revision,
 };
-use crate::observed::{MemberObserved, Observed, PodObserved};
+use crate::observed::{MemberObserved, Observed, PodObserved, member_name};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -137,8 +137,26 @@ pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed,
         .collect();
     ordinals.extend(pods_by_ordinal.keys().copied());
 
+    // Members the previous observation could not reach get a shorter timeout (see
+    // `UNREACHABLE_STATUS_TIMEOUT`); a member that answered last time keeps the full one.
+    let unreachable_before: BTreeSet<String> = cluster
+        .status
+        .as_ref()
+        .map(|s| {
+            s.members
+                .iter()
+                .filter(|m| m.role == MemberRole::Unknown)
+                .map(|m| m.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let probes = ordinals.iter().map(|ordinal| {
         let pod = pods_by_ordinal.get(ordinal).copied();
+        let timeout = if unreachable_before.contains(&member_name(&name, *ordinal)) {
+            admin::UNREACHABLE_STATUS_TIMEOUT
+        } else {
+            admin::ADMIN_TIMEOUT
+        };
         let ip = pod
             .and_then(|p| p.status.as_ref())
             .and_then(|s| s.pod_ip.clone());
@@ -146,7 +164,7 @@ pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed,
         async move {
             match (ip, running) {
                 (Some(ip), true) => {
-                    match admin::member_status(&format!("{ip}:{GRPC_PORT}")).await {
+                    match admin::member_status(&format!("{ip}:{GRPC_PORT}"), timeout).await {
                         Ok(raft) => (Some(raft), None),
                         Err(err) => (None, Some(err.reason)),
                     }
