@@ -25,7 +25,7 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sandbox-e2e -- -D warnings
 
 lint: fmt-check clippy
 

@@ -284,9 +284,12 @@ async fn operator_killed_mid_bootstrap_converges_to_one_cluster() {
         .items
     {
         let ip = common::pod_ip(&pod);
-        let member = raft_operator::admin::member_status(&format!("{ip}:7000"))
-            .await
-            .unwrap();
+        let member = raft_operator::admin::member_status(
+            &format!("{ip}:7000"),
+            raft_operator::admin::ADMIN_TIMEOUT,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             member.cluster_id.as_deref(),
             Some(uid.as_str()),
@@ -417,9 +420,12 @@ async fn wiped_member_is_refused_then_rebuilt_learner_first() {
     let status = cluster.status.unwrap();
     assert_eq!(status.cluster_id.as_deref(), Some(uid.as_str()));
     let ip = common::pod_ip(&pods.get(&victim).await.unwrap());
-    let member = raft_operator::admin::member_status(&format!("{ip}:7000"))
-        .await
-        .unwrap();
+    let member = raft_operator::admin::member_status(
+        &format!("{ip}:7000"),
+        raft_operator::admin::ADMIN_TIMEOUT,
+    )
+    .await
+    .unwrap();
     assert_eq!(member.cluster_id.as_deref(), Some(uid.as_str()));
     assert_eq!(member.voters.len(), 3);
     let only_victim = raft_proto::RaftClient::new(&[format!("{ip}:7000")]).unwrap();

@@ -200,9 +200,12 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
         Duration::from_secs(10),
         "the old leader to step down",
         || async {
-            let s = raft_operator::admin::member_status(&leader_admin)
-                .await
-                .ok()?;
+            let s = raft_operator::admin::member_status(
+                &leader_admin,
+                raft_operator::admin::ADMIN_TIMEOUT,
+            )
+            .await
+            .ok()?;
             (s.role != raft_operator::crd::MemberRole::Leader).then(Instant::now)
         },
     )
@@ -431,9 +434,12 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
     );
     // Every member reports epoch 2: the old member did not come back with its old data.
     for (name, ip) in pod_ips(&client, &ns.name, "q").await {
-        let m = raft_operator::admin::member_status(&format!("{ip}:7000"))
-            .await
-            .unwrap();
+        let m = raft_operator::admin::member_status(
+            &format!("{ip}:7000"),
+            raft_operator::admin::ADMIN_TIMEOUT,
+        )
+        .await
+        .unwrap();
         assert_eq!(m.epoch, 2, "{name}");
     }
     let ips = pod_ips(&client, &ns.name, "q").await;
