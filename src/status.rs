@@ -632,30 +632,27 @@ mod tests {
 
     #[test]
     fn a_leader_without_a_lease_does_not_hide_quorum_loss() {
-        // Members 0 and 1 are cut off; the leader (4) has not stepped down yet, but its lease
-        // lapsed: no quorum has acknowledged it for a lease period.
-        let o = ObservedBuilder::new(5)
-            .running(5, "rev-2")
-            .leader(4)
-            .unreachable(0)
-            .unreachable(1)
-            .unreachable(2)
-            .member(4, |m| m.raft.as_mut().unwrap().lease_valid = false)
-            .build();
-        let s = status_of(&o);
+        // Members 0, 1 and 2 are cut off from the operator; the leader (4) has not stepped down.
+        let cut_off = |lease_valid: bool| {
+            ObservedBuilder::new(5)
+                .running(5, "rev-2")
+                .leader(4)
+                .unreachable(0)
+                .unreachable(1)
+                .unreachable(2)
+                .member(4, |m| m.raft.as_mut().unwrap().lease_valid = lease_valid)
+                .build()
+        };
+        // Its lease lapsed: no quorum has acknowledged it for a lease period.
+        let s = status_of(&cut_off(false));
         assert_eq!(condition(&s, "QuorumLost").status, "True");
         assert_eq!(condition(&s, "Available").status, "False");
-
-        // The same view with the leader's lease valid: a majority still acknowledges it (the
-        // operator is the one cut off), so the cluster is not reported lost.
-        let o = ObservedBuilder::new(5)
-            .running(5, "rev-2")
-            .leader(4)
-            .unreachable(0)
-            .unreachable(1)
-            .unreachable(2)
-            .build();
-        assert_eq!(condition(&status_of(&o), "QuorumLost").status, "False");
+        // Its lease is valid: a majority still acknowledges it (the operator is the one cut
+        // off), so the cluster is not reported lost.
+        assert_eq!(
+            condition(&status_of(&cut_off(true)), "QuorumLost").status,
+            "False"
+        );
     }
 
     #[test]

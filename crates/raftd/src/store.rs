@@ -823,6 +823,18 @@ mod tests {
         t.len().unwrap()
     }
 
+    /// Waits (up to 20 s) until the log table holds exactly `rows` rows.
+    async fn wait_for_rows(db: &Database, rows: u64, what: &str) {
+        let start = std::time::Instant::now();
+        while log_rows(db) != rows {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purge_hides_rows_at_once_and_deletes_them_in_chunks() {
         use openraft::testing::{blank_ent, log_id};
@@ -836,14 +848,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let start = std::time::Instant::now();
-        while log_rows(&db) != n {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(20),
-                "append not written"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for_rows(&db, n, "append not written").await;
 
         let purged = log_id::<TypeConfig>(1, 1, n - 100);
         log.purge(purged).await.unwrap();
@@ -861,14 +866,7 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(purged));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(n));
         // Deleted from disk soon after.
-        let start = std::time::Instant::now();
-        while log_rows(&db) != 100 {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(20),
-                "rows not purged"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for_rows(&db, 100, "rows not purged").await;
 
         // Rows left below `last_purged` (a crash mid-purge) are deleted by the next writer.
         {
@@ -895,14 +893,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let start = std::time::Instant::now();
-        while log_rows(&db) != 100 {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(20),
-                "leftovers not purged"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for_rows(&db, 100, "leftovers not purged").await;
     }
 
     #[test]

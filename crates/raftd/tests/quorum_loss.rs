@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 use raft_proto::{Consistency, ErrorKind};
 
+/// The clear "not applied" unavailable error, with the expected reachability in its message.
+fn assert_no_quorum(e: &raft_proto::ClientError, expected: &str) {
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
+    assert!(e.message.contains(expected), "{}", e.message);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_three_of_five_then_recover() {
     let (_serial, _dir, mut guard) = common::up("quorumloss", 5, &[]).await;
@@ -93,13 +99,7 @@ async fn kill_three_of_five_then_recover() {
         "write during outage failed after {write_err_after:?}: {}",
         e.message
     );
-    assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
-    assert!(
-        e.message
-            .contains("no quorum: 2 of 5 voters reachable, 3 needed"),
-        "{}",
-        e.message
-    );
+    assert_no_quorum(&e, "no quorum: 2 of 5 voters reachable, 3 needed");
     assert!(write_err_after < Duration::from_secs(5));
     let e = client
         .get(b"warmup", Consistency::Linearizable)
@@ -218,13 +218,7 @@ async fn frozen_majority_gives_a_clear_error_not_a_hang() {
         refused.push(key);
         let took = t.elapsed();
         println!("next put failed in {took:?}: {}", e.message);
-        assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
-        assert!(
-            e.message
-                .contains("no quorum: 1 of 3 voters reachable, 2 needed"),
-            "{}",
-            e.message
-        );
+        assert_no_quorum(&e, "no quorum: 1 of 3 voters reachable, 2 needed");
         let e = client
             .get(b"before", Consistency::Linearizable)
             .await
