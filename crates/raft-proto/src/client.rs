@@ -14,8 +14,8 @@
 //! - Anything else after a write was sent (timeout, reset, `raft-outcome: unknown`) is returned
 //!   as `OutcomeUnknown`: the write may or may not have been applied. Reads are always retried.
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -24,7 +24,10 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::kv_client::KvClient;
+use crate::pb::kv_op::Op;
+use crate::pb::kv_op_result::Result as OpResult;
 use crate::pb::lock_client::LockClient;
+use crate::pipeline::{Pipeline, fits_pipeline};
 
 /// What kind of failure a client call ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,19 @@ pub struct RaftClient {
     /// Round-robin position for requests any node may answer (stale reads).
     next: AtomicUsize,
     deadline: Duration,
+    /// Whether puts, gets, deletes and CAS share one `Kv.Pipeline` stream per node.
+    pipelining: bool,
+    /// The pipeline to each address, opened on first use; `None` inside: the node has no
+    /// pipeline (an older raftd), so ops to it go by unary calls.
+    pipelines: Mutex<HashMap<String, PipelineSlot>>,
+}
+
+type PipelineSlot = Arc<tokio::sync::OnceCell<Option<Arc<Pipeline>>>>;
+
+/// The node a call goes to this attempt.
+struct Target {
+    channel: Channel,
+    addr: String,
 }
 
 /// Which node a request needs.
@@ -144,7 +160,7 @@ fn classify(status: &Status, is_write: bool) -> Verdict {
         )),
         _ => {
             // No raftd metadata: a transport-level failure or a non-raftd error.
-            let connect_failed = never_sent(status);
+            let connect_failed = never_sent(status) || crate::pipeline::never_left_client(status);
             if status.code() == Code::InvalidArgument {
                 Verdict::Fail(ClientError::new(ErrorKind::InvalidArgument, msg))
             } else if connect_failed || !is_write {
@@ -161,6 +177,14 @@ fn classify(status: &Status, is_write: bool) -> Verdict {
             }
         }
     }
+}
+
+/// The error for an answer of the wrong kind (a server bug, never expected).
+fn mismatched(asked: &str, got: &OpResult) -> ClientError {
+    ClientError::new(
+        ErrorKind::Other,
+        format!("asked for {asked}, the server answered {got:?}"),
+    )
 }
 
 /// The status message with its error source chain.
@@ -222,12 +246,22 @@ impl RaftClient {
             leader: Mutex::new(None),
             next: AtomicUsize::new(0),
             deadline: Duration::from_secs(5),
+            pipelining: true,
+            pipelines: Mutex::new(HashMap::new()),
         })
     }
 
     /// Overall deadline per call (default 5 s), including retries.
     pub fn with_deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
+        self
+    }
+
+    /// Whether KV calls share one pipelined stream per node (default) or each make a unary
+    /// gRPC call. Both give the same answers and errors; pipelining costs less per call when
+    /// many calls run at once.
+    pub fn with_pipelining(mut self, on: bool) -> Self {
+        self.pipelining = on;
         self
     }
 
@@ -359,7 +393,7 @@ impl RaftClient {
     /// Runs `call` against the leader (following hints) until success, a final error, or the deadline.
     async fn run<T, F, Fut>(&self, is_write: bool, call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Target, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         self.run_for(self.deadline, is_write, Route::Leader, call)
@@ -375,7 +409,7 @@ impl RaftClient {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Target, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let start = Instant::now();
@@ -413,8 +447,11 @@ impl RaftClient {
             if remaining.is_zero() {
                 return Err(deadline_error(&last_err));
             }
-            let ch = self.channel_for(&addr)?;
-            match tokio::time::timeout(remaining, call(ch, remaining)).await {
+            let to = Target {
+                channel: self.channel_for(&addr)?,
+                addr: addr.clone(),
+            };
+            match tokio::time::timeout(remaining, call(to, remaining)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => match classify(&status, is_write) {
                     Verdict::RetryAt(a) => {
@@ -465,6 +502,82 @@ impl RaftClient {
         r
     }
 
+    /// Runs one KV op on the leader (or any node, for a stale read), pipelined when possible.
+    async fn kv_op(&self, is_write: bool, route: Route, op: Op) -> Result<OpResult, ClientError> {
+        self.run_for(self.deadline, is_write, route, |to, t| {
+            let op = op.clone();
+            async move { self.send_op(to, op, t).await }
+        })
+        .await
+    }
+
+    async fn send_op(&self, to: Target, op: Op, timeout: Duration) -> Result<OpResult, Status> {
+        if self.pipelining
+            && fits_pipeline(&op)
+            && let Some(pipeline) = self.pipeline_for(&to).await?
+        {
+            return pipeline.call(op, timeout).await;
+        }
+        let mut kv = KvClient::new(to.channel);
+        match op {
+            Op::Put(m) => kv
+                .put(Self::req(m, timeout))
+                .await
+                .map(|r| OpResult::Put(r.into_inner())),
+            Op::Get(m) => kv
+                .get(Self::req(m, timeout))
+                .await
+                .map(|r| OpResult::Get(r.into_inner())),
+            Op::Delete(m) => kv
+                .delete(Self::req(m, timeout))
+                .await
+                .map(|r| OpResult::Delete(r.into_inner())),
+            Op::Cas(m) => kv
+                .cas(Self::req(m, timeout))
+                .await
+                .map(|r| OpResult::Cas(r.into_inner())),
+        }
+    }
+
+    /// The open pipeline to `to`, opening one if there is none or the last one closed. `None`:
+    /// the node does not offer pipelining.
+    async fn pipeline_for(&self, to: &Target) -> Result<Option<Arc<Pipeline>>, Status> {
+        for _ in 0..2 {
+            let Ok(slot) = self
+                .pipelines
+                .lock()
+                .map(|mut p| p.entry(to.addr.clone()).or_default().clone())
+            else {
+                return Ok(None);
+            };
+            let pipeline = slot
+                .get_or_try_init(|| async {
+                    match Pipeline::open(to.channel.clone(), &to.addr).await {
+                        Ok(p) => Ok(Some(Arc::new(p))),
+                        Err(s) if s.code() == Code::Unimplemented => {
+                            tracing::info!(addr = %to.addr, "node offers no pipeline; using unary calls");
+                            Ok(None)
+                        }
+                        Err(s) => Err(s),
+                    }
+                })
+                .await?;
+            match pipeline {
+                Some(p) if !p.is_open() => {
+                    if let Ok(mut pipelines) = self.pipelines.lock()
+                        && pipelines
+                            .get(&to.addr)
+                            .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                    {
+                        pipelines.remove(&to.addr);
+                    }
+                }
+                other => return Ok(other.clone()),
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, ClientError> {
         self.put_request(pb::PutRequest {
             key: key.to_vec(),
@@ -493,16 +606,10 @@ impl RaftClient {
     }
 
     async fn put_request(&self, msg: pb::PutRequest) -> Result<pb::PutResponse, ClientError> {
-        self.run(true, |ch, t| {
-            let m = msg.clone();
-            async move {
-                KvClient::new(ch)
-                    .put(Self::req(m, t))
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        match self.kv_op(true, Route::Leader, Op::Put(msg)).await? {
+            OpResult::Put(r) => Ok(r),
+            other => Err(mismatched("put", &other)),
+        }
     }
 
     pub async fn get(
@@ -521,43 +628,25 @@ impl RaftClient {
         } else {
             Route::Leader
         };
-        self.run_for(self.deadline, false, route, |ch, t| {
-            let m = msg.clone();
-            async move {
-                KvClient::new(ch)
-                    .get(Self::req(m, t))
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        match self.kv_op(false, route, Op::Get(msg)).await? {
+            OpResult::Get(r) => Ok(r),
+            other => Err(mismatched("get", &other)),
+        }
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<pb::DeleteResponse, ClientError> {
         let msg = pb::DeleteRequest { key: key.to_vec() };
-        self.run(true, |ch, t| {
-            let m = msg.clone();
-            async move {
-                KvClient::new(ch)
-                    .delete(Self::req(m, t))
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        match self.kv_op(true, Route::Leader, Op::Delete(msg)).await? {
+            OpResult::Delete(r) => Ok(r),
+            other => Err(mismatched("delete", &other)),
+        }
     }
 
     pub async fn cas(&self, req: pb::CasRequest) -> Result<pb::CasResponse, ClientError> {
-        self.run(true, |ch, t| {
-            let m = req.clone();
-            async move {
-                KvClient::new(ch)
-                    .cas(Self::req(m, t))
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        match self.kv_op(true, Route::Leader, Op::Cas(req)).await? {
+            OpResult::Cas(r) => Ok(r),
+            other => Err(mismatched("cas", &other)),
+        }
     }
 
     pub async fn list(
@@ -576,10 +665,10 @@ impl RaftClient {
         } else {
             Route::Leader
         };
-        self.run_for(self.deadline, false, route, |ch, t| {
+        self.run_for(self.deadline, false, route, |to, t| {
             let m = msg.clone();
             async move {
-                KvClient::new(ch)
+                KvClient::new(to.channel)
                     .list(Self::req(m, t))
                     .await
                     .map(|r| r.into_inner())
@@ -605,10 +694,10 @@ impl RaftClient {
             wait_ms: wait.as_millis() as u64,
         };
         let deadline = self.deadline.max(wait + Duration::from_secs(2));
-        self.run_for(deadline, true, Route::Leader, |ch, t| {
+        self.run_for(deadline, true, Route::Leader, |to, t| {
             let m = msg.clone();
             async move {
-                LockClient::new(ch)
+                LockClient::new(to.channel)
                     .acquire(Self::req(m, t))
                     .await
                     .map(|r| r.into_inner())
@@ -630,10 +719,10 @@ impl RaftClient {
             token,
             ttl_ms: ttl.as_millis() as u64,
         };
-        self.run(true, |ch, t| {
+        self.run(true, |to, t| {
             let m = msg.clone();
             async move {
-                LockClient::new(ch)
+                LockClient::new(to.channel)
                     .renew(Self::req(m, t))
                     .await
                     .map(|r| r.into_inner())
@@ -652,10 +741,10 @@ impl RaftClient {
             lock: lock.to_string(),
             token,
         };
-        self.run(true, |ch, t| {
+        self.run(true, |to, t| {
             let m = msg.clone();
             async move {
-                LockClient::new(ch)
+                LockClient::new(to.channel)
                     .release(Self::req(m, t))
                     .await
                     .map(|r| r.into_inner())
@@ -674,10 +763,10 @@ impl RaftClient {
             lock: lock.to_string(),
             consistency: consistency as i32,
         };
-        self.run(false, |ch, t| {
+        self.run(false, |to, t| {
             let m = msg.clone();
             async move {
-                LockClient::new(ch)
+                LockClient::new(to.channel)
                     .status(Self::req(m, t))
                     .await
                     .map(|r| r.into_inner())
@@ -695,11 +784,11 @@ impl RaftClient {
         let msg = pb::WatchLockRequest {
             lock: lock.to_string(),
         };
-        self.run(false, |ch, _| {
+        self.run(false, |to, _| {
             let m = msg.clone();
             // No timeout on the request: the stream lives as long as the caller reads it.
             async move {
-                LockClient::new(ch)
+                LockClient::new(to.channel)
                     .watch(tonic::Request::new(m))
                     .await
                     .map(|r| r.into_inner())
@@ -757,7 +846,7 @@ impl RaftClient {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut call = call;
-        self.run(false, move |ch, t| call(AdminClient::new(ch), t))
+        self.run(false, move |to, t| call(AdminClient::new(to.channel), t))
             .await
     }
 

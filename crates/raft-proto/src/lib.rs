@@ -2,6 +2,7 @@
 //!
 //! This crate depends on neither openraft nor redb: the operator uses it for the admin API.
 pub mod client;
+pub mod pipeline;
 
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]
 pub mod pb {

@@ -1,16 +1,19 @@
 //! gRPC services: the client KV API, the lock API, the admin API, and the peer transport
 //! (server side).
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use raft_proto::pb;
 use raft_proto::pb::admin_server::Admin;
 use raft_proto::pb::kv_server::Kv;
 use raft_proto::pb::raft_peer_server::RaftPeer;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::forward::{FORWARDED, Forwarder};
 use crate::locks::{self, validate_lock_command};
@@ -116,9 +119,10 @@ fn level(c: i32) -> Result<ReadLevel, Status> {
     }
 }
 
+#[derive(Clone)]
 pub struct KvService {
     pub node: Arc<RaftNode>,
-    pub forwarder: Forwarder,
+    pub forwarder: Arc<Forwarder>,
 }
 
 impl KvService {
@@ -126,8 +130,70 @@ impl KvService {
     pub fn new(node: Arc<RaftNode>) -> Self {
         Self {
             node,
-            forwarder: Forwarder::default(),
+            forwarder: Arc::default(),
         }
+    }
+
+    /// Starts one pipelined op; its result goes to `results`. An op that can finish without
+    /// waiting (a lease read, a bad request) is answered inline, without a task.
+    fn start_op(&self, op: pb::KvOp, results: &mpsc::UnboundedSender<pb::KvOpResult>) {
+        let id = op.id;
+        let service = self.clone();
+        let mut answer = Box::pin(async move { service.run_op(op).await });
+        if let Some(result) = (&mut answer).now_or_never() {
+            let _ = results.send(pb::KvOpResult {
+                id,
+                result: Some(result),
+            });
+            return;
+        }
+        let results = results.clone();
+        tokio::spawn(async move {
+            let result = answer.await;
+            let _ = results.send(pb::KvOpResult {
+                id,
+                result: Some(result),
+            });
+        });
+    }
+
+    /// One pipelined op, through the same handler (forwarding, validation, errors) as its unary
+    /// call.
+    async fn run_op(&self, op: pb::KvOp) -> pb::kv_op_result::Result {
+        use pb::kv_op::Op;
+        use pb::kv_op_result::Result as R;
+        let timeout = match op.timeout_ms {
+            0 => DEFAULT_DEADLINE,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        fn request<T>(message: T, timeout: Duration) -> Request<T> {
+            let mut r = Request::new(message);
+            r.set_timeout(timeout);
+            r
+        }
+        let answer = match op.op {
+            Some(Op::Put(m)) => self
+                .put(request(m, timeout))
+                .await
+                .map(|r| R::Put(r.into_inner())),
+            Some(Op::Get(m)) => self
+                .get(request(m, timeout))
+                .await
+                .map(|r| R::Get(r.into_inner())),
+            Some(Op::Delete(m)) => self
+                .delete(request(m, timeout))
+                .await
+                .map(|r| R::Delete(r.into_inner())),
+            Some(Op::Cas(m)) => self
+                .cas(request(m, timeout))
+                .await
+                .map(|r| R::Cas(r.into_inner())),
+            None => Err(to_status(NodeError::InvalidArgument {
+                field: "op".into(),
+                reason: "not set; one of put, get, delete or cas is required".into(),
+            })),
+        };
+        answer.unwrap_or_else(|status| R::Error(raft_proto::pipeline::op_error(&status)))
     }
 
     /// Where to forward this request: the leader, when this node follows one and the request
@@ -196,6 +262,56 @@ impl Kv for KvService {
             revision: res.revision,
             had_previous: res.previous.is_some(),
         }))
+    }
+
+    type PipelineStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<pb::KvOpResultBatch, Status>> + Send>>;
+
+    async fn pipeline(
+        &self,
+        req: Request<Streaming<pb::KvOpBatch>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let mut ops = req.into_inner();
+        let (results, queued) = mpsc::unbounded_channel();
+        // Why the stream ended early, sent after the answers to the ops already received.
+        let (ended_by, end_reason) = tokio::sync::oneshot::channel::<Status>();
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match ops.message().await {
+                    Ok(Some(batch)) => {
+                        let counters = &service.node.counters;
+                        counters.pipeline_batches.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .pipeline_ops
+                            .fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
+                        for op in batch.ops {
+                            service.start_op(op, &results);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        // A malformed or oversized batch ends this stream only; ops already
+                        // started still answer, and other clients' streams are untouched.
+                        tracing::debug!(error = %status, "pipeline stream ended by a bad message");
+                        let _ = ended_by.send(Status::new(
+                            status.code(),
+                            format!(
+                                "pipeline: a batch could not be read, so this stream ends (ops \
+                                 received before it are answered; the unread batch was not \
+                                 applied): {}",
+                                status.message()
+                            ),
+                        ));
+                        break;
+                    }
+                }
+            }
+        });
+        let batches =
+            raft_proto::pipeline::coalesce(queued, |results| pb::KvOpResultBatch { results });
+        let end = futures::stream::once(end_reason).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(batches.map(Ok).chain(end))))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {

@@ -58,7 +58,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http = axum::serve(http_listener, raftd::http::router(node.clone()));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(KvService::new(node.clone())))
+        .add_service(
+            KvServer::new(KvService::new(node.clone()))
+                .max_decoding_message_size(raft_proto::pipeline::MAX_BATCH_MESSAGE_BYTES)
+                .max_encoding_message_size(raft_proto::pipeline::MAX_BATCH_MESSAGE_BYTES),
+        )
         .add_service(LockServer::new(LockService { node: node.clone() }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
         .add_service(

@@ -127,6 +127,9 @@ pub struct Counters {
     pub reads_failed: AtomicU64,
     pub step_downs: AtomicU64,
     pub peer_refusals: AtomicU64,
+    /// Batch messages received on `Kv.Pipeline` streams, and the ops they carried.
+    pub pipeline_batches: AtomicU64,
+    pub pipeline_ops: AtomicU64,
 }
 
 pub struct RaftNode {

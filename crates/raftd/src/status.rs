@@ -294,6 +294,16 @@ pub fn metrics_text(node: &RaftNode, s: &pb::StatusResponse) -> String {
         ld(&node.lock_hub.fenced_rejected),
     );
     counter(
+        "pipeline_batches_total",
+        "Batch messages received on pipelined client streams.",
+        ld(&c.pipeline_batches),
+    );
+    counter(
+        "pipeline_ops_total",
+        "Ops received on pipelined client streams (ops per batch = this / batches).",
+        ld(&c.pipeline_ops),
+    );
+    counter(
         "peer_refusals_total",
         "Peer RPCs refused for a cluster id or epoch mismatch.",
         ld(&c.peer_refusals),
