@@ -5,6 +5,9 @@
 //! The raftd-vs-etcd headline (3 nodes, 64 clients: puts, raftd lease reads, etcd linearizable
 //! reads) runs in interleaved rounds with both clusters up, alternating which system goes first,
 //! so that drift in the machine's load falls on both; the ratios are per round, with the median.
+//! raftd is measured through its client twice: `raftd` pipelines concurrent calls on one stream
+//! per node (the client's default), `raftd-u` makes one unary gRPC call per op, as etcd's
+//! clients do; the ratios are given for both.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -158,7 +161,7 @@ fn measurement(
         first_error: r.3,
     };
     eprintln!(
-        "  {:<6} {} nodes rtt {:>2}ms {:<18} {:>3} clients: {:>9.0} ops/s  p50 {:>7.2}ms  p99 {:>7.2}ms  p999 {:>7.2}ms  errors {}",
+        "  {:<7} {} nodes rtt {:>2}ms {:<18} {:>3} clients: {:>9.0} ops/s  p50 {:>7.2}ms  p99 {:>7.2}ms  p999 {:>7.2}ms  errors {}",
         m.system,
         m.nodes,
         m.rtt_ms,
@@ -180,6 +183,8 @@ fn measurement(
 struct RaftdUnderTest {
     guard: raft_local::ClusterGuard,
     client: Arc<raft_proto::RaftClient>,
+    /// The same cluster through a client making unary calls (no pipelining).
+    unary: Arc<raft_proto::RaftClient>,
     value: Arc<Vec<u8>>,
     nodes: usize,
     rtt: u64,
@@ -205,6 +210,7 @@ impl RaftdUnderTest {
         .await?;
         let guard = raft_local::ClusterGuard(cluster);
         let client = Arc::new(guard.0.client()?);
+        let unary = Arc::new(guard.0.client()?.with_pipelining(false));
         let value = Arc::new(vec![b'v'; a.value_size]);
         // Preload the keys the readers read; the first put also finds the leader.
         for k in 0..1000u32 {
@@ -216,21 +222,29 @@ impl RaftdUnderTest {
         Ok(Self {
             guard,
             client,
+            unary,
             value,
             nodes,
             rtt,
         })
     }
 
-    /// `clients` loops of puts (`None`) or reads at `consistency` for `duration`.
+    /// `clients` loops of puts (`None`) or reads at `consistency` for `duration`, through the
+    /// pipelining client (`system` "raftd") or the unary one ("raftd-u").
     async fn measure(
         &self,
+        system: &str,
         name: &str,
         consistency: Option<Consistency>,
         clients: usize,
         duration: Duration,
     ) -> Measurement {
-        let (client, value) = (self.client.clone(), self.value.clone());
+        let client = if system == "raftd-u" {
+            self.unary.clone()
+        } else {
+            self.client.clone()
+        };
+        let value = self.value.clone();
         let r = run_load(clients, duration, move |c, i| {
             let (client, value) = (client.clone(), value.clone());
             async move {
@@ -250,7 +264,7 @@ impl RaftdUnderTest {
             }
         })
         .await;
-        measurement("raftd", self.nodes, self.rtt, name, clients, r)
+        measurement(system, self.nodes, self.rtt, name, clients, r)
     }
 
     fn down(mut self) -> anyhow::Result<()> {
@@ -271,7 +285,11 @@ async fn bench_raftd(
     let mut out = Vec::new();
     for &clients in client_counts {
         for (name, consistency) in workloads {
-            out.push(cluster.measure(name, *consistency, clients, duration).await);
+            out.push(
+                cluster
+                    .measure("raftd", name, *consistency, clients, duration)
+                    .await,
+            );
         }
     }
     cluster.down()?;
@@ -529,12 +547,14 @@ async fn headline_rounds(a: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Measur
         let raftd_first = round % 2 == 1;
         for turn in 0..2 {
             if (turn == 0) == raftd_first {
-                raftd_part.push(raftd.measure("put", None, c, duration).await);
-                raftd_part.push(
-                    raftd
-                        .measure("read lease", Some(Consistency::Lease), c, duration)
-                        .await,
-                );
+                for system in ["raftd", "raftd-u"] {
+                    raftd_part.push(raftd.measure(system, "put", None, c, duration).await);
+                    raftd_part.push(
+                        raftd
+                            .measure(system, "read lease", Some(Consistency::Lease), c, duration)
+                            .await,
+                    );
+                }
             } else {
                 for system in ["etcd", "etcd-l"] {
                     etcd_part.push(etcd.measure(system, true, c, duration).await);
@@ -650,28 +670,30 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
     // Ratios measured in this run: per interleaved round, then the median over rounds.
     let mut ratios = serde_json::Map::new();
     let c = a.clients;
-    let mut per_round: [(&str, Vec<f64>); 3] = [
-        ("put_throughput_raftd_over_etcd", Vec::new()),
-        ("put_p99_raftd_over_etcd", Vec::new()),
-        (
-            "lease_read_throughput_raftd_over_etcd_linearizable",
-            Vec::new(),
-        ),
-    ];
-    for round in 1..=a.rounds {
-        if let (Some(r), Some(e)) = (
-            find(&ms, round, "raftd", 3, 0, "put", c),
-            best_etcd(&ms, round, "put", c),
-        ) {
-            per_round[0].1.push(r.ops_per_sec / e.ops_per_sec);
-            per_round[1].1.push(r.p99_ms / e.p99_ms);
+    let mut per_round: Vec<(String, Vec<f64>)> = Vec::new();
+    for (system, suffix) in [("raftd", ""), ("raftd-u", "_unary_client")] {
+        let (mut put, mut put_p99, mut lease) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=a.rounds {
+            if let (Some(r), Some(e)) = (
+                find(&ms, round, system, 3, 0, "put", c),
+                best_etcd(&ms, round, "put", c),
+            ) {
+                put.push(r.ops_per_sec / e.ops_per_sec);
+                put_p99.push(r.p99_ms / e.p99_ms);
+            }
+            if let (Some(r), Some(e)) = (
+                find(&ms, round, system, 3, 0, "read lease", c),
+                best_etcd(&ms, round, "read linearizable", c),
+            ) {
+                lease.push(r.ops_per_sec / e.ops_per_sec);
+            }
         }
-        if let (Some(r), Some(e)) = (
-            find(&ms, round, "raftd", 3, 0, "read lease", c),
-            best_etcd(&ms, round, "read linearizable", c),
-        ) {
-            per_round[2].1.push(r.ops_per_sec / e.ops_per_sec);
-        }
+        per_round.push((format!("put_throughput_raftd_over_etcd{suffix}"), put));
+        per_round.push((format!("put_p99_raftd_over_etcd{suffix}"), put_p99));
+        per_round.push((
+            format!("lease_read_throughput_raftd_over_etcd_linearizable{suffix}"),
+            lease,
+        ));
     }
     for (name, mut values) in per_round {
         if values.is_empty() {
@@ -705,7 +727,7 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
         ),
         OutputFormat::Table => {
             println!(
-                "{:>5} {:<6} {:>5} {:>6} {:<18} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                "{:>5} {:<7} {:>5} {:>6} {:<18} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
                 "ROUND",
                 "SYSTEM",
                 "NODES",
@@ -720,7 +742,7 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
             );
             for m in &ms {
                 println!(
-                    "{:>5} {:<6} {:>5} {:>6} {:<18} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                    "{:>5} {:<7} {:>5} {:>6} {:<18} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
                     if m.round == 0 {
                         "-".to_string()
                     } else {
@@ -740,7 +762,7 @@ pub async fn run(a: &BenchArgs, out: OutputFormat) -> anyhow::Result<()> {
             }
             println!();
             println!(
-                "etcd: clientv3-style round-robin over the 3 endpoints; etcd-l: pinned to the leader"
+                "raftd: pipelining client (default); raftd-u: unary calls. etcd: clientv3-style round-robin over the 3 endpoints; etcd-l: pinned to the leader"
             );
             for (k, v) in &ratios {
                 match v {
