@@ -12,10 +12,13 @@ use raft_proto::pb::kv_server::{Kv, KvServer};
 use raft_proto::{Consistency, RaftClient};
 use tonic::{Request, Response, Status, Streaming};
 
+/// Key -> (value, mod revision).
+type Store = HashMap<Vec<u8>, (Vec<u8>, u64)>;
+
 /// A single-node "cluster" speaking the pre-pipeline API: put and get by unary call only.
 #[derive(Default)]
 struct OlderNode {
-    data: Mutex<HashMap<Vec<u8>, (Vec<u8>, u64)>>,
+    data: Mutex<Store>,
     unary_calls: AtomicU64,
     pipeline_attempts: AtomicU64,
 }
