@@ -86,12 +86,23 @@ pub struct RaftClient {
     deadline: Duration,
     /// Whether puts, gets, deletes and CAS share one `Kv.Pipeline` stream per node.
     pipelining: bool,
-    /// The pipeline to each address, opened on first use; `None` inside: the node has no
-    /// pipeline (an older raftd), so ops to it go by unary calls.
+    /// The pipeline to each address, opened on first use.
     pipelines: Mutex<HashMap<String, PipelineSlot>>,
 }
 
-type PipelineSlot = Arc<tokio::sync::OnceCell<Option<Arc<Pipeline>>>>;
+type PipelineSlot = Arc<tokio::sync::OnceCell<PipelineState>>;
+
+/// What opening a pipeline to an address gave.
+#[derive(Clone)]
+enum PipelineState {
+    Open(Arc<Pipeline>),
+    /// The node has no `Kv.Pipeline` (an older raftd): ops to it go by unary calls until
+    /// `RECHECK_UNSUPPORTED` has passed, when the client asks again (the node may have been
+    /// upgraded in place, keeping its address).
+    Unsupported(Instant),
+}
+
+const RECHECK_UNSUPPORTED: Duration = Duration::from_secs(60);
 
 /// The node a call goes to this attempt.
 struct Target {
@@ -550,29 +561,32 @@ impl RaftClient {
             else {
                 return Ok(None);
             };
-            let pipeline = slot
+            let state = slot
                 .get_or_try_init(|| async {
                     match Pipeline::open(to.channel.clone(), &to.addr).await {
-                        Ok(p) => Ok(Some(Arc::new(p))),
+                        Ok(p) => Ok(PipelineState::Open(Arc::new(p))),
                         Err(s) if s.code() == Code::Unimplemented => {
                             tracing::info!(addr = %to.addr, "node offers no pipeline; using unary calls");
-                            Ok(None)
+                            Ok(PipelineState::Unsupported(Instant::now()))
                         }
                         Err(s) => Err(s),
                     }
                 })
                 .await?;
-            match pipeline {
-                Some(p) if !p.is_open() => {
-                    if let Ok(mut pipelines) = self.pipelines.lock()
-                        && pipelines
-                            .get(&to.addr)
-                            .is_some_and(|s| Arc::ptr_eq(s, &slot))
-                    {
-                        pipelines.remove(&to.addr);
-                    }
+            let stale = match state {
+                PipelineState::Open(p) if p.is_open() => return Ok(Some(p.clone())),
+                PipelineState::Unsupported(since) if since.elapsed() < RECHECK_UNSUPPORTED => {
+                    return Ok(None);
                 }
-                other => return Ok(other.clone()),
+                _ => slot.clone(),
+            };
+            // Closed, or time to ask again: drop the slot (unless another call replaced it).
+            if let Ok(mut pipelines) = self.pipelines.lock()
+                && pipelines
+                    .get(&to.addr)
+                    .is_some_and(|s| Arc::ptr_eq(s, &stale))
+            {
+                pipelines.remove(&to.addr);
             }
         }
         Ok(None)

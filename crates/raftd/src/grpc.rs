@@ -21,6 +21,10 @@ use crate::node::{NodeError, RaftNode, ReadLevel, validate_prefix, validate_read
 use crate::status;
 use crate::types::{Command, Expect, LockState, MemberNode, SnapshotMeta, Vote};
 
+/// Ops of one pipelined stream that may be running at once (a client's flood waits in its own
+/// stream, not in the server's memory).
+const MAX_OPS_IN_FLIGHT_PER_STREAM: usize = 4096;
+
 /// Default deadline when the client sends none.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -135,8 +139,14 @@ impl KvService {
     }
 
     /// Starts one pipelined op; its result goes to `results`. An op that can finish without
-    /// waiting (a lease read, a bad request) is answered inline, without a task.
-    fn start_op(&self, op: pb::KvOp, results: &mpsc::UnboundedSender<pb::KvOpResult>) {
+    /// waiting (a lease read, a bad request) is answered inline, without a task. `slot` is the
+    /// op's place among its stream's ops in flight, held until the op is answered.
+    fn start_op(
+        &self,
+        op: pb::KvOp,
+        results: &mpsc::UnboundedSender<pb::KvOpResult>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let id = op.id;
         let service = self.clone();
         let mut answer = Box::pin(async move { service.run_op(op).await });
@@ -154,6 +164,7 @@ impl KvService {
                 id,
                 result: Some(result),
             });
+            drop(slot);
         });
     }
 
@@ -276,6 +287,7 @@ impl Kv for KvService {
         // Why the stream ended early, sent after the answers to the ops already received.
         let (ended_by, end_reason) = tokio::sync::oneshot::channel::<Status>();
         let service = self.clone();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_OPS_IN_FLIGHT_PER_STREAM));
         tokio::spawn(async move {
             loop {
                 match ops.message().await {
@@ -286,7 +298,13 @@ impl Kv for KvService {
                             .pipeline_ops
                             .fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
                         for op in batch.ops {
-                            service.start_op(op, &results);
+                            // At most MAX_OPS_IN_FLIGHT_PER_STREAM ops run per stream; beyond
+                            // that the stream is not read, and HTTP/2 flow control holds the
+                            // client back.
+                            let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                                break;
+                            };
+                            service.start_op(op, &results, slot);
                         }
                     }
                     Ok(None) => break,
