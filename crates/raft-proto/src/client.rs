@@ -554,11 +554,12 @@ impl RaftClient {
     /// the node does not offer pipelining.
     async fn pipeline_for(&self, to: &Target) -> Result<Option<Arc<Pipeline>>, Status> {
         for _ in 0..2 {
-            let Ok(slot) = self
-                .pipelines
-                .lock()
-                .map(|mut p| p.entry(to.addr.clone()).or_default().clone())
-            else {
+            // Every op passes here: look up by reference, and allocate a key only for a new
+            // address.
+            let Ok(slot) = self.pipelines.lock().map(|mut p| match p.get(&to.addr) {
+                Some(slot) => slot.clone(),
+                None => p.entry(to.addr.clone()).or_default().clone(),
+            }) else {
                 return Ok(None);
             };
             let state = slot
