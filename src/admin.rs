@@ -190,6 +190,7 @@ pub async fn join(addr: &str, cluster_id: &str, epoch: u64) -> Result<bool, Admi
         .join(pb::JoinRequest {
             cluster_id: cluster_id.to_string(),
             epoch,
+            recovery_id: String::new(),
         })
         .await
         .map_err(|s| failed(addr, s))?;
@@ -220,6 +221,8 @@ pub async fn force_recover(
         .force_recover(pb::ForceRecoverRequest {
             cluster_id: cluster_id.to_string(),
             new_epoch,
+            recovery_id: String::new(),
+            even_if_quorum_answers: false,
         })
         .await
         .map_err(|s| failed(addr, s))?

@@ -877,6 +877,7 @@ impl Admin for AdminService {
             membership_index: out.membership_index,
             epoch: out.epoch,
             already_recovered: out.already,
+            recovery_id: String::new(),
         }))
     }
 }

@@ -107,6 +107,7 @@ impl NetworkShared {
             from: id.node_id,
             payload,
             epoch: id.epoch,
+            recovery_id: String::new(),
         }
     }
 }

@@ -65,6 +65,7 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             },
             healthy,
             match_known: is_leader && known,
+            ..Default::default()
         });
     }
     let since_ack = if is_leader {
@@ -111,6 +112,7 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             .unwrap_or_default(),
         join_mode: node.args.join_mode.as_str().to_string(),
         sm_epoch: core.kv.data.read().map(|sm| sm.epoch).unwrap_or(0),
+        ..Default::default()
     }
 }
 

@@ -240,6 +240,7 @@ async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
             from: 2,
             payload: vec![0xff; 64],
             epoch: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -251,6 +252,7 @@ async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
             from: 9,
             payload: vec![],
             epoch: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -102,6 +102,7 @@ impl Member {
             .join(JoinRequest {
                 cluster_id: cluster_id.into(),
                 epoch,
+                ..Default::default()
             })
             .await
     }
@@ -280,6 +281,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     let recover = ForceRecoverRequest {
         cluster_id: "c1".into(),
         new_epoch: 2,
+        ..Default::default()
     };
     let before = survivor.status().await;
     let r = survivor
@@ -309,6 +311,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
         .force_recover(ForceRecoverRequest {
             cluster_id: "c9".into(),
             new_epoch: 3,
+            ..Default::default()
         })
         .await
         .unwrap_err();
