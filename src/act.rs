@@ -7,7 +7,8 @@ use crate::manifests::{
     self, GRPC_PORT, allowed_disruptions, client_service, disruption_budget, member_grpc_addr,
     member_http_addr, member_pod, member_volume, peer_service,
 };
-use crate::observed::{Observed, member_name, planned_zone, raft_id_of};
+use crate::member::{self, pod_name, raft_id};
+use crate::observed::{Observed, planned_zone};
 use crate::plan::Action;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -39,6 +40,9 @@ pub enum ActError {
     /// A raftd admin call failed.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The PodDisruptionBudget refused an eviction: nothing was done this round.
+    #[error("{0}")]
+    EvictionRefused(String),
     /// The action needs a leader or member address that is not known.
     #[error("cannot {action}: {reason}")]
     Precondition {
@@ -55,6 +59,7 @@ impl ActError {
         match self {
             ActError::Kube { .. } => "kube",
             ActError::Admin(_) => "admin",
+            ActError::EvictionRefused(_) => "eviction_refused",
             ActError::Precondition { .. } => "precondition",
         }
     }
@@ -114,10 +119,17 @@ pub async fn apply_cluster_objects(
     let healthy = membership
         .voters
         .iter()
-        .filter_map(|id| id.checked_sub(1).and_then(|o| u32::try_from(o).ok()))
+        .filter_map(|id| member::ordinal_of_raft_id(*id))
         .filter(|ordinal| observed.is_healthy(*ordinal))
         .count() as u32;
-    let in_flight = !matches!(action, Action::Wait { reason } if reason.is_empty());
+    // While the operator changes something, drains wait. The one exception is the operator's
+    // own eviction of a healthy member: it goes through this budget like any drain, so the
+    // budget must allow it, and the eviction consumes the one disruption.
+    let in_flight = match action {
+        Action::Wait { reason } => !reason.is_empty(),
+        Action::ReplaceMember { ordinal, .. } => observed.is_down(*ordinal),
+        _ => true,
+    };
     // The budget counts voters, never the pods that happen to exist: while an evicted pod is
     // gone and Raft has not noticed yet, a pod count would shrink minAvailable and let a second
     // eviction through.
@@ -134,7 +146,7 @@ pub async fn apply_cluster_objects(
 
 fn address_of(o: &Observed, ordinal: u32) -> MemberAddress {
     MemberAddress {
-        id: raft_id_of(ordinal),
+        id: raft_id(ordinal),
         grpc_addr: member_grpc_addr(&o.name, &o.namespace, ordinal),
         http_addr: member_http_addr(&o.name, &o.namespace, ordinal),
     }
@@ -149,7 +161,7 @@ fn admin_addr(o: &Observed, ordinal: u32, action: &'static str) -> Result<String
         .map(|ip| format!("{ip}:{GRPC_PORT}"))
         .ok_or_else(|| ActError::Precondition {
             action,
-            reason: format!("{} has no pod IP", member_name(&o.name, ordinal)),
+            reason: format!("{} has no pod IP", pod_name(&o.name, ordinal)),
         })
 }
 
@@ -161,18 +173,50 @@ fn leader_addr(o: &Observed, action: &'static str) -> Result<String, ActError> {
     admin_addr(o, leader.ordinal, action)
 }
 
-/// Carry out one planned action.
+/// What carrying out an action returned that the status records.
+#[derive(Debug, Default)]
+pub struct Acted {
+    /// ForceRecover's answer.
+    pub recovery: Option<admin::RecoveryResult>,
+}
+
+/// Evict a member pod through the Eviction API, so its PodDisruptionBudget is honoured by the
+/// operator as by any drain. `client` must not retry 429 answers: a refused eviction ends this
+/// round (the next one observes again) instead of blocking the reconcile in retries.
+async fn evict(client: &Client, namespace: &str, name: &str) -> Result<(), ActError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match pods.evict(name, &kube::api::EvictParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 429 => {
+            Err(ActError::EvictionRefused(format!(
+                "the PodDisruptionBudget refused evicting {name} ({}); trying again next round",
+                status.message
+            )))
+        }
+        Err(source) => Err(ActError::Kube {
+            verb: "evict",
+            kind: "Pod",
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Carry out one planned action. `evict_client` is a client that does not retry 429s.
 pub async fn execute(
     client: &Client,
+    evict_client: &Client,
     cluster: &RaftCluster,
     o: &Observed,
     action: &Action,
-) -> Result<(), ActError> {
+) -> Result<Acted, ActError> {
     let namespace = cluster.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let volumes: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let done = Ok(Acted::default());
     match action {
-        Action::Wait { .. } | Action::Blocked { .. } => Ok(()),
+        Action::Wait { .. } | Action::Blocked { .. } => done,
         Action::CreateMembers { ordinals } => {
             for ordinal in ordinals {
                 apply(
@@ -184,7 +228,7 @@ pub async fn execute(
                 let zone = planned_zone(&o.zones, *ordinal);
                 apply(&pods, "Pod", &member_pod(cluster, *ordinal, zone)).await?;
             }
-            Ok(())
+            done
         }
         Action::InitializeCluster { ordinal, voters } => {
             let members: Vec<MemberAddress> = voters.iter().map(|v| address_of(o, *v)).collect();
@@ -193,60 +237,81 @@ pub async fn execute(
             // first, so they accept the new leader and nothing else.
             for other in voters.iter().filter(|v| *v != ordinal) {
                 let other_addr = admin_addr(o, *other, "admit a member into the new cluster")?;
-                admin::join(&other_addr, &o.uid, 1).await?;
+                admin::join(&other_addr, &o.uid, 1, "").await?;
             }
             let already = admin::initialize(&addr, &o.uid, &members).await?;
             tracing::info!(cluster = %o.name, already, voters = members.len(), "cluster initialized");
-            Ok(())
+            done
         }
         Action::AddLearner { ordinal } => {
             let addr = leader_addr(o, "add a learner")?;
             let member_addr = admin_addr(o, *ordinal, "admit the new member")?;
-            admin::join(&member_addr, &o.uid, o.current_epoch()).await?;
+            admin::join(
+                &member_addr,
+                &o.uid,
+                o.current_epoch(),
+                &o.current_recovery_id(),
+            )
+            .await?;
             admin::add_learner(&addr, &address_of(o, *ordinal)).await?;
-            Ok(())
+            done
         }
         Action::PromoteVoter { ordinal } => {
             let addr = leader_addr(o, "promote a voter")?;
-            admin::promote_voter(&addr, raft_id_of(*ordinal)).await?;
-            Ok(())
+            admin::promote_voter(&addr, raft_id(*ordinal)).await?;
+            done
         }
         Action::TransferLeadership { to, .. } => {
             let addr = leader_addr(o, "transfer leadership")?;
-            admin::transfer_leader(&addr, raft_id_of(*to)).await?;
-            Ok(())
+            admin::transfer_leader(&addr, raft_id(*to)).await?;
+            done
         }
         Action::RemoveMember { ordinal, .. } => {
             let addr = leader_addr(o, "remove a member")?;
-            admin::remove_member(&addr, raft_id_of(*ordinal)).await?;
-            Ok(())
+            admin::remove_member(&addr, raft_id(*ordinal)).await?;
+            done
         }
         Action::DeleteMember {
             ordinal,
             delete_volume,
-        } => delete_member(&pods, &volumes, &o.name, *ordinal, *delete_volume).await,
+        } => {
+            delete_member(&pods, &volumes, &o.name, *ordinal, *delete_volume).await?;
+            done
+        }
+        // A member that is down already is deleted: nothing is disrupted, and the budget (which
+        // counts it as unavailable) would refuse its eviction. Any other member is evicted.
+        Action::ReplaceMember { ordinal, .. } if o.is_down(*ordinal) => {
+            delete(&pods, "Pod", &pod_name(&o.name, *ordinal)).await?;
+            done
+        }
         Action::ReplaceMember { ordinal, .. } => {
-            delete(&pods, "Pod", &member_name(&o.name, *ordinal)).await
+            evict(evict_client, &namespace, &pod_name(&o.name, *ordinal)).await?;
+            done
         }
         Action::ForceRecover {
-            ordinal, new_epoch, ..
+            ordinal,
+            new_epoch,
+            plan_id,
         } => {
             let addr = admin_addr(o, *ordinal, "force a recovery")?;
-            let result = admin::force_recover(&addr, &o.uid, *new_epoch).await?;
+            let result = admin::force_recover(&addr, &o.uid, *new_epoch, plan_id).await?;
             tracing::warn!(
                 cluster = %o.name,
-                survivor = %member_name(&o.name, *ordinal),
+                survivor = %pod_name(&o.name, *ordinal),
                 previous_last_index = result.previous_last_index,
                 previous_last_term = result.previous_last_term,
                 epoch = result.epoch,
                 already = result.already,
                 "forced recovery carried out"
             );
-            Ok(())
+            Ok(Acted {
+                recovery: Some(result),
+            })
         }
         // The member comes back empty (CreateMembers) and is added learner-first.
         Action::RebuildMember { ordinal, .. } => {
-            delete_member(&pods, &volumes, &o.name, *ordinal, true).await
+            delete_member(&pods, &volumes, &o.name, *ordinal, true).await?;
+            done
         }
     }
 }
@@ -259,12 +324,12 @@ async fn delete_member(
     ordinal: u32,
     delete_volume: bool,
 ) -> Result<(), ActError> {
-    delete(pods, "Pod", &member_name(cluster, ordinal)).await?;
+    delete(pods, "Pod", &pod_name(cluster, ordinal)).await?;
     if delete_volume {
         delete(
             volumes,
             "PersistentVolumeClaim",
-            &manifests::volume_name(cluster, ordinal),
+            &member::volume_name(cluster, ordinal),
         )
         .await?;
     }

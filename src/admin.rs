@@ -3,7 +3,7 @@
 //! [`RaftObserved`], the planner's view.
 
 use crate::crd::MemberRole;
-use crate::observed::RaftObserved;
+use crate::observed::{LeaderAck, RaftObserved};
 use raft_proto::pb;
 use raft_proto::pb::admin_client::AdminClient;
 use std::time::Duration;
@@ -106,6 +106,25 @@ pub fn to_observed(s: &pb::StatusResponse) -> RaftObserved {
         lease_valid: s.lease_valid,
         awaiting_join: s.awaiting_join,
         recent_refusal: (!s.recent_refusal.is_empty()).then(|| s.recent_refusal.clone()),
+        acks: if s.role == "leader" {
+            s.members.iter().map(|m| (m.id, leader_ack(m))).collect()
+        } else {
+            // A follower's `healthy` is its own reachability guess, not the leader's word.
+            Default::default()
+        },
+        recovery_id: (!s.recovery_id.is_empty()).then(|| s.recovery_id.clone()),
+        not_ready_reason: (!s.not_ready_reason.is_empty()).then(|| s.not_ready_reason.clone()),
+        draining: s.draining,
+    }
+}
+
+/// The leader's contact with one member. A raftd that does not fill `millis_since_ack` sends 0
+/// for every member; 0 is therefore read as "not reported" and the `healthy` flag decides. (A
+/// raftd that does fill it and saw an ack under a millisecond ago also says `healthy`.)
+fn leader_ack(m: &pb::Member) -> LeaderAck {
+    LeaderAck {
+        healthy: m.healthy,
+        millis_since_ack: (m.millis_since_ack != 0).then_some(m.millis_since_ack),
     }
 }
 
@@ -183,14 +202,20 @@ pub async fn remove_member(leader_addr: &str, id: u64) -> Result<(), AdminError>
 }
 
 /// Admit the empty member at `addr` into this cluster at `epoch`, so the leader may add it.
-/// Idempotent; refused when the member holds Raft state of another cluster or epoch.
-pub async fn join(addr: &str, cluster_id: &str, epoch: u64) -> Result<bool, AdminError> {
+/// `recovery_id` names the recovery that created `epoch` (empty for epoch 1). Idempotent;
+/// refused when the member holds Raft state of another cluster, epoch or recovery.
+pub async fn join(
+    addr: &str,
+    cluster_id: &str,
+    epoch: u64,
+    recovery_id: &str,
+) -> Result<bool, AdminError> {
     let mut client = connect(addr).await?;
     let response = client
         .join(pb::JoinRequest {
             cluster_id: cluster_id.to_string(),
             epoch,
-            recovery_id: String::new(),
+            recovery_id: recovery_id.to_string(),
         })
         .await
         .map_err(|s| failed(addr, s))?;
@@ -210,18 +235,21 @@ pub struct RecoveryResult {
     pub already: bool,
 }
 
-/// Make the member at `addr` the only voter of its cluster and raise the epoch.
+/// Make the member at `addr` the only voter of its cluster and raise the epoch, as recovery
+/// `recovery_id` (the approved plan's id, which raftd persists with the epoch). Repeating the
+/// same call is answered as already done; raftd refuses it while a quorum still answers.
 pub async fn force_recover(
     addr: &str,
     cluster_id: &str,
     new_epoch: u64,
+    recovery_id: &str,
 ) -> Result<RecoveryResult, AdminError> {
     let mut client = connect(addr).await?;
     let r = client
         .force_recover(pb::ForceRecoverRequest {
             cluster_id: cluster_id.to_string(),
             new_epoch,
-            recovery_id: String::new(),
+            recovery_id: recovery_id.to_string(),
             even_if_quorum_answers: false,
         })
         .await
@@ -297,5 +325,47 @@ mod tests {
         );
         assert_eq!(view.cluster_id.as_deref(), Some("uid"));
         assert_eq!(view.leader_id, Some(1));
+    }
+
+    #[test]
+    fn the_leaders_contact_with_members_is_kept_and_a_followers_guess_is_not() {
+        let member = |id, healthy, millis_since_ack| pb::Member {
+            id,
+            role: "voter".into(),
+            healthy,
+            millis_since_ack,
+            ..Default::default()
+        };
+        let mut status = pb::StatusResponse {
+            role: "leader".into(),
+            members: vec![
+                member(1, true, 0),
+                member(2, false, 1800),
+                member(3, false, 0),
+            ],
+            recovery_id: "demo-1-to-epoch-2".into(),
+            not_ready_reason: String::new(),
+            ..Default::default()
+        };
+        let view = to_observed(&status);
+        assert_eq!(view.acks[&2].millis_since_ack, Some(1800));
+        // 0 means "not reported" (an older raftd): the healthy flag decides.
+        assert_eq!(
+            view.acks[&3],
+            LeaderAck {
+                healthy: false,
+                millis_since_ack: None
+            }
+        );
+        assert_eq!(view.recovery_id.as_deref(), Some("demo-1-to-epoch-2"));
+        assert_eq!(view.not_ready_reason, None);
+        status.role = "follower".into();
+        status.not_ready_reason = "no leader contact for 2 s".into();
+        let view = to_observed(&status);
+        assert!(view.acks.is_empty());
+        assert_eq!(
+            view.not_ready_reason.as_deref(),
+            Some("no leader contact for 2 s")
+        );
     }
 }

@@ -320,6 +320,10 @@ pub struct RaftClusterStatus {
     /// Cluster epoch: 1 at bootstrap, bumped by every forced recovery; part of fencing tokens.
     #[serde(default)]
     pub epoch: u64,
+    /// The recovery that created `epoch` (absent for epoch 1). Members joining the cluster
+    /// pass it, so a member of another recovery to the same epoch is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_id: Option<String>,
     /// Name of the leader member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
@@ -371,9 +375,36 @@ pub struct RecoveryStatus {
     /// until a person approves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposal: Option<RecoveryProposal>,
+    /// The approved recovery the operator has started and not yet seen take effect. Written
+    /// before the ForceRecover call, so an operator that restarts, or whose call timed out,
+    /// finishes this same recovery and never starts another one for the same epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<RecoveryInFlight>,
     /// Recoveries carried out, oldest first: the audit record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RecoveryRecord>,
+}
+
+/// A recovery started but not yet seen complete.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryInFlight {
+    /// The approved plan id; also the recovery id raftd persists with the new epoch.
+    pub id: String,
+    /// The member made the only voter.
+    pub survivor: String,
+    /// Epoch before the recovery.
+    pub from_epoch: u64,
+    /// Epoch the recovery moves to.
+    pub to_epoch: u64,
+    /// The survivor's last log index when the plan was made.
+    pub survivor_last_index: u64,
+    /// Highest commit index seen before the loss.
+    pub highest_commit_index_seen: u64,
+    /// Voters whose data was gone.
+    pub lost_members: Vec<String>,
+    /// When the operator first called ForceRecover (RFC 3339).
+    pub started_at: String,
 }
 
 /// A forced recovery the operator proposes.

@@ -5,12 +5,14 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use raft_operator::controller::{Context, error_policy, reconcile};
 use raft_operator::crd::RaftCluster;
 use raft_operator::leader_election::{self, LeaseConfig};
 use raft_operator::metrics::Metrics;
+use raft_operator::watch::{WatchHealth, relisting_watcher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,15 +59,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
 
-    let client = Client::try_default().await.map_err(|err| {
+    let config = kube::Config::infer().await.map_err(|err| {
         anyhow::anyhow!("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {err}")
     })?;
+    let client = Client::try_from(config.clone())?;
+    // Evictions refused by a PodDisruptionBudget answer 429; the default client retries those
+    // for minutes, which would hold a reconcile. This one returns them at once.
+    let mut no_retry = config;
+    no_retry.default_retry = false;
+    let evict_client = Client::try_from(no_retry)?;
     let metrics = Arc::new(Metrics::default());
     let leading = Arc::new(AtomicBool::new(!args.leader_elect));
+    let health = WatchHealth::default();
     tokio::spawn(serve_http(
         args.metrics_addr,
         metrics.clone(),
         leading.clone(),
+        health.clone(),
     ));
 
     let identity = std::env::var("POD_NAME")
@@ -83,7 +93,12 @@ async fn main() -> anyhow::Result<()> {
         leading.store(true, Ordering::SeqCst);
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, Some(identity)));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        evict_client,
+        metrics,
+        Some(identity),
+    ));
     let namespaces: Vec<Option<String>> = {
         let named: Vec<Option<String>> = args
             .watch_namespaces
@@ -101,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let controllers = namespaces
         .into_iter()
-        .map(|ns| run_controller(client.clone(), ns, ctx.clone()));
+        .map(|ns| run_controller(client.clone(), ns, ctx.clone(), health.clone()));
     let all = futures::future::join_all(controllers);
 
     if args.leader_elect {
@@ -129,30 +144,78 @@ where
     }
 }
 
-async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+/// One controller per watched namespace. Every watch is a [`relisting_watcher`]: it starts over
+/// with a fresh list when its resource version cannot be resumed, and `/readyz` fails while any
+/// watch is not live.
+async fn run_controller(
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+    health: WatchHealth,
+) {
+    let scope = namespace.clone().unwrap_or_else(|| "*".to_string());
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=raft-operator");
-    Controller::new(
-        api_for::<RaftCluster>(&client, &namespace),
-        watcher::Config::default(),
+    let writer = Writer::<RaftCluster>::default();
+    let reader = writer.as_reader();
+    let clusters = reflector::reflector(
+        writer,
+        relisting_watcher(
+            api_for::<RaftCluster>(&client, &namespace),
+            watcher::Config::default(),
+            &format!("raftclusters in {scope}"),
+            health.clone(),
+        ),
     )
-    .owns(api_for::<Pod>(&client, &namespace), owned.clone())
-    .owns(api_for::<Service>(&client, &namespace), owned.clone())
-    .owns(
+    .applied_objects();
+    let pods = relisting_watcher(
+        api_for::<Pod>(&client, &namespace),
+        owned.clone(),
+        &format!("pods in {scope}"),
+        health.clone(),
+    )
+    .touched_objects();
+    let services = relisting_watcher(
+        api_for::<Service>(&client, &namespace),
+        owned.clone(),
+        &format!("services in {scope}"),
+        health.clone(),
+    )
+    .touched_objects();
+    let budgets = relisting_watcher(
         api_for::<PodDisruptionBudget>(&client, &namespace),
         owned.clone(),
+        &format!("poddisruptionbudgets in {scope}"),
+        health.clone(),
     )
-    .owns(api_for::<PersistentVolumeClaim>(&client, &namespace), owned)
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "reconcile ended with an error");
-        }
-    })
-    .await;
+    .touched_objects();
+    let volumes = relisting_watcher(
+        api_for::<PersistentVolumeClaim>(&client, &namespace),
+        owned,
+        &format!("persistentvolumeclaims in {scope}"),
+        health,
+    )
+    .touched_objects();
+    Controller::for_stream(clusters, reader)
+        .owns_stream(pods)
+        .owns_stream(services)
+        .owns_stream(budgets)
+        .owns_stream(volumes)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile ended with an error");
+            }
+        })
+        .await;
 }
 
-async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, leading: Arc<AtomicBool>) {
+async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    leading: Arc<AtomicBool>,
+    health: WatchHealth,
+) {
     use axum::{Router, http::StatusCode, routing::get};
     let app = Router::new()
         .route(
@@ -167,11 +230,17 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, leading: Arc<Atomic
             "/readyz",
             get(move || {
                 let leading = leading.clone();
+                let health = health.clone();
                 async move {
-                    if leading.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "leading")
-                    } else {
-                        (StatusCode::OK, "standing by")
+                    if !leading.load(Ordering::SeqCst) {
+                        return (StatusCode::OK, "standing by".to_string());
+                    }
+                    match health.check() {
+                        Ok(()) => (StatusCode::OK, "leading".to_string()),
+                        Err(down) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("watches not live: {}", down.join(", ")),
+                        ),
                     }
                 }
             }),

@@ -3,7 +3,7 @@
 //! PodDisruptionBudget driven by Raft health. No client here; `act` applies them.
 
 use crate::crd::{RaftCluster, RaftClusterSpec, ReadMode};
-use crate::observed::{member_name, raft_id_of};
+use crate::member::{pod_name, raft_id, volume_name};
 use k8s_openapi::api::core::v1::{Affinity, Volume};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, NodeAffinity, NodeSelector,
@@ -39,16 +39,11 @@ pub fn peer_service_name(cluster: &str) -> String {
     format!("{cluster}-peers")
 }
 
-/// Name of a member's PersistentVolumeClaim.
-pub fn volume_name(cluster: &str, ordinal: u32) -> String {
-    format!("data-{}", member_name(cluster, ordinal))
-}
-
 /// Stable DNS name of a member: `<pod>.<cluster>-peers.<ns>.svc.cluster.local`.
 pub fn member_host(cluster: &str, namespace: &str, ordinal: u32) -> String {
     format!(
         "{}.{}.{namespace}.svc.cluster.local",
-        member_name(cluster, ordinal),
+        pod_name(cluster, ordinal),
         peer_service_name(cluster)
     )
 }
@@ -150,7 +145,7 @@ pub fn member_pod(cluster: &RaftCluster, ordinal: u32, zone: Option<&str>) -> Po
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
     let spec = &cluster.spec;
-    let pod_name = member_name(&name, ordinal);
+    let pod_name = pod_name(&name, ordinal);
     let revision = pod_revision(spec);
     let read_mode = match spec.read_mode {
         ReadMode::LeaseRead => "lease-read",
@@ -163,7 +158,7 @@ pub fn member_pod(cluster: &RaftCluster, ordinal: u32, zone: Option<&str>) -> Po
             env_from_field("POD_NAME", "metadata.name"),
             env_from_field("POD_NAMESPACE", "metadata.namespace"),
             env_from_field("POD_IP", "status.podIP"),
-            env("RAFTD_NODE_ID", raft_id_of(ordinal).to_string()),
+            env("RAFTD_NODE_ID", raft_id(ordinal).to_string()),
             env("RAFTD_GRPC_LISTEN", format!("0.0.0.0:{GRPC_PORT}")),
             env("RAFTD_HTTP_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
             env(

@@ -6,7 +6,8 @@ use crate::crd::{MemberRole, RaftCluster};
 use crate::manifests::{
     CLUSTER_LABEL, GRPC_PORT, MEMBER_LABEL, REVISION_LABEL, ZONE_LABEL, pod_revision,
 };
-use crate::observed::{MemberObserved, Observed, PodObserved, member_name};
+use crate::member::pod_name;
+use crate::observed::{MemberObserved, Observed, PodObserved};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -152,7 +153,7 @@ pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed,
         .unwrap_or_default();
     let probes = ordinals.iter().map(|ordinal| {
         let pod = pods_by_ordinal.get(ordinal).copied();
-        let timeout = if unreachable_before.contains(&member_name(&name, *ordinal)) {
+        let timeout = if unreachable_before.contains(&pod_name(&name, *ordinal)) {
             admin::UNREACHABLE_STATUS_TIMEOUT
         } else {
             admin::ADMIN_TIMEOUT

@@ -2,17 +2,8 @@
 //! each member's own Raft status. Plain data, no I/O: `observe` fills it, `plan` and `status` read it.
 
 use crate::crd::{MemberRole, RaftCluster, RaftClusterSpec, RaftClusterStatus};
+use crate::member::{pod_name, raft_id};
 use std::collections::BTreeMap;
-
-/// Raft node id of a member: its ordinal plus one (Raft ids start at 1).
-pub fn raft_id_of(ordinal: u32) -> u64 {
-    u64::from(ordinal) + 1
-}
-
-/// Name of a member pod: `<cluster>-<ordinal>`.
-pub fn member_name(cluster: &str, ordinal: u32) -> String {
-    format!("{cluster}-{ordinal}")
-}
 
 /// Everything one reconcile knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +105,70 @@ pub struct RaftObserved {
     pub awaiting_join: bool,
     /// The last peer RPC the member refused recently, e.g. because its data was wiped.
     pub recent_refusal: Option<String>,
+    /// On the leader: when it last heard from each member, by Raft id.
+    pub acks: BTreeMap<u64, LeaderAck>,
+    /// The recovery that created the member's epoch (`None` for epoch 1, or an older raftd).
+    pub recovery_id: Option<String>,
+    /// Why the member says it cannot serve now (its /readyz), when it says so.
+    pub not_ready_reason: Option<String>,
+    /// The member drains for a planned stop: it takes no new client requests.
+    pub draining: bool,
+}
+
+/// What the leader knows of its contact with one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaderAck {
+    /// raftd's own verdict: acknowledged within its election timeout.
+    pub healthy: bool,
+    /// Milliseconds since the member last acknowledged the leader; `None` when raftd does not
+    /// report it (older raftd), `Some(u64::MAX)` when it never has in this term.
+    pub millis_since_ack: Option<u64>,
+}
+
+impl LeaderAck {
+    /// Heard from `millis` ago, within any sensible window.
+    pub fn heard(millis: u64) -> Self {
+        Self {
+            healthy: true,
+            millis_since_ack: Some(millis),
+        }
+    }
+}
+
+/// Why the leader does not count a member as in contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactProblem {
+    /// The leader tracks no contact with it at all.
+    Untracked,
+    /// It has not acknowledged the leader in this term.
+    Never,
+    /// Its last acknowledgement is older than the window.
+    Stale {
+        /// Age of the last acknowledgement.
+        millis: u64,
+        /// The window.
+        window_ms: u64,
+    },
+    /// raftd reports it outside its election timeout (no age reported).
+    Outside {
+        /// The window raftd applies.
+        window_ms: u64,
+    },
+}
+
+impl LeaderAck {
+    /// Whether the leader heard from the member within `window_ms`. The age, when raftd reports
+    /// it, decides; otherwise raftd's own `healthy` flag (acked within its election timeout,
+    /// which the operator sets to the same `electionTimeoutMaxMs`).
+    pub fn problem(&self, window_ms: u64) -> Option<ContactProblem> {
+        match self.millis_since_ack {
+            Some(u64::MAX) => Some(ContactProblem::Never),
+            Some(millis) if millis > window_ms => Some(ContactProblem::Stale { millis, window_ms }),
+            Some(_) => None,
+            None if self.healthy => None,
+            None => Some(ContactProblem::Outside { window_ms }),
+        }
+    }
 }
 
 impl Observed {
@@ -142,6 +197,35 @@ impl Observed {
             .unwrap_or(0)
             .max(self.previous_status.epoch)
             .max(1)
+    }
+
+    /// The recovery recorded as started in `.status` and not yet seen to take effect: no member
+    /// of this cluster reports its epoch yet.
+    pub fn recovery_in_flight(&self) -> Option<&crate::crd::RecoveryInFlight> {
+        let flight = self.previous_status.recovery.as_ref()?.in_flight.as_ref()?;
+        (!self.recovery_took_effect(flight)).then_some(flight)
+    }
+
+    /// Whether some member of this cluster reports the epoch the recovery moves to.
+    pub fn recovery_took_effect(&self, flight: &crate::crd::RecoveryInFlight) -> bool {
+        self.members
+            .iter()
+            .filter_map(|m| m.raft.as_ref())
+            .any(|r| {
+                r.initialized
+                    && r.cluster_id.as_deref() == Some(self.uid.as_str())
+                    && r.epoch >= flight.to_epoch
+            })
+    }
+
+    /// The recovery id of the epoch in force: what the leader reports, else what the status
+    /// recorded; empty for epoch 1. Joining members must present it.
+    pub fn current_recovery_id(&self) -> String {
+        self.leader()
+            .and_then(|m| m.raft.as_ref())
+            .and_then(|r| r.recovery_id.clone())
+            .or_else(|| self.previous_status.recovery_id.clone())
+            .unwrap_or_default()
     }
 
     /// Whether a member holds this cluster's state from an epoch a recovery left behind.
@@ -196,7 +280,7 @@ impl Observed {
     /// Entries a member is behind the leader, as the leader's replication progress says.
     pub fn lag_of(&self, ordinal: u32) -> Option<u64> {
         let leader = self.leader()?.raft.as_ref()?;
-        let id = raft_id_of(ordinal);
+        let id = raft_id(ordinal);
         if leader.leader_id == Some(id) || self.leader()?.ordinal == ordinal {
             return Some(0);
         }
@@ -204,7 +288,10 @@ impl Observed {
         Some(leader.last_log_index.saturating_sub(*matched))
     }
 
-    /// Healthy: pod ready, raftd reachable, of this cluster, and within `max_lag` of the leader.
+    /// The one definition of a healthy member, used by status, `Degraded`, fault tolerance, the
+    /// PodDisruptionBudget and every gate: its pod is up and Ready, its raftd answers with this
+    /// cluster's state, the current leader heard from it within the election timeout, and it is
+    /// within `maxLagEntries` of the leader's log.
     pub fn is_healthy(&self, ordinal: u32) -> bool {
         self.health_problem(ordinal).is_none()
     }
@@ -224,7 +311,7 @@ impl Observed {
 
     /// Why a member is not healthy, or `None` if it is.
     pub fn health_problem(&self, ordinal: u32) -> Option<String> {
-        let name = member_name(&self.name, ordinal);
+        let name = pod_name(&self.name, ordinal);
         let Some(member) = self.member(ordinal) else {
             return Some(format!("{name} does not exist"));
         };
@@ -271,8 +358,16 @@ impl Observed {
                 raft.epoch
             ));
         }
+        if let Some(problem) = self.contact_problem(ordinal) {
+            return Some(format!("{name} {}", describe_contact(problem)));
+        }
         if !pod.ready {
-            return Some(format!("{name} is not ready"));
+            let why = raft
+                .not_ready_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            return Some(format!("{name} is not ready{why}"));
         }
         match self.lag_of(ordinal) {
             Some(lag) if lag > self.spec.rollout.max_lag_entries => Some(format!(
@@ -285,7 +380,29 @@ impl Observed {
         }
     }
 
-    /// Zone a member runs in: from its pod's node, or the planned zone before it is scheduled.
+    /// The window within which the leader must have heard from a member for it to count as
+    /// healthy: the cluster's maximum election timeout, the time after which a follower that
+    /// hears nothing would start an election itself.
+    pub fn contact_window_ms(&self) -> u64 {
+        u64::from(self.spec.raft.election_timeout_max_ms)
+    }
+
+    /// Why the current leader does not count `ordinal` as in contact, or `None` when it does
+    /// (or when there is no leader to ask, or `ordinal` leads).
+    pub fn contact_problem(&self, ordinal: u32) -> Option<ContactProblem> {
+        let leader = self.leader()?;
+        if leader.ordinal == ordinal {
+            return None;
+        }
+        let acks = &leader.raft.as_ref()?.acks;
+        match acks.get(&raft_id(ordinal)) {
+            Some(ack) => ack.problem(self.contact_window_ms()),
+            None => Some(ContactProblem::Untracked),
+        }
+    }
+
+    /// Zone a member runs in: the zone label of the node its pod is bound to; `None` before it
+    /// is scheduled (see [`Observed::planned_zone`] for the zone it is meant for).
     pub fn zone_of(&self, ordinal: u32) -> Option<String> {
         self.member(ordinal)
             .and_then(|m| m.pod.as_ref())
@@ -297,6 +414,23 @@ impl Observed {
     /// highest ordinals are removed on scale-down.
     pub fn planned_zone(&self, ordinal: u32) -> Option<&str> {
         planned_zone(&self.zones, ordinal)
+    }
+}
+
+/// The reason text for a member the leader has not heard from, after the member's name.
+pub fn describe_contact(problem: ContactProblem) -> String {
+    match problem {
+        ContactProblem::Untracked => "is not tracked by the leader".to_string(),
+        ContactProblem::Never => {
+            "is cut off from the leader: it has not acknowledged the leader in this term"
+                .to_string()
+        }
+        ContactProblem::Stale { millis, window_ms } => format!(
+            "is cut off from the leader: last acknowledged {millis} ms ago (more than the {window_ms} ms election timeout)"
+        ),
+        ContactProblem::Outside { window_ms } => format!(
+            "is cut off from the leader: no acknowledgement within the {window_ms} ms election timeout"
+        ),
     }
 }
 
@@ -337,7 +471,7 @@ pub fn cluster_id_of(cluster: &RaftCluster) -> Option<String> {
     cluster.metadata.uid.clone()
 }
 
-/// Test fixtures: `ObservedBuilder::new(5).zones(3).healthy()` and friends.
+/// Test fixtures: `ObservedBuilder::new(5).running(5, "rev-2").lagging(2, 50).build()` and friends.
 #[cfg(test)]
 pub mod fixtures {
     use super::*;
@@ -380,7 +514,7 @@ pub mod fixtures {
 
         /// Members 0..n exist, all on `revision`, healthy, voters, member 0 leading in term 2.
         pub fn running(mut self, n: u32, revision: &str) -> Self {
-            let voters: Vec<u64> = (0..n).map(raft_id_of).collect();
+            let voters: Vec<u64> = (0..n).map(raft_id).collect();
             let last = 100_000;
             self.observed.previous_status.cluster_id = Some("uid-1".into());
             self.observed.previous_status.epoch = 1;
@@ -422,6 +556,12 @@ pub mod fixtures {
                         },
                         version: "0.1.0".into(),
                         lease_valid: ordinal == 0,
+                        acks: if ordinal == 0 {
+                            voters.iter().map(|id| (*id, LeaderAck::heard(5))).collect()
+                        } else {
+                            BTreeMap::new()
+                        },
+                        ..RaftObserved::default()
                     }),
                     unreachable_reason: None,
                 })
@@ -451,19 +591,25 @@ pub mod fixtures {
                 .filter_map(|m| {
                     m.raft
                         .as_ref()
-                        .map(|r| (raft_id_of(m.ordinal), r.last_log_index))
+                        .map(|r| (raft_id(m.ordinal), r.last_log_index))
                 })
+                .collect();
+            let acks: BTreeMap<u64, LeaderAck> = matched
+                .keys()
+                .map(|id| (*id, LeaderAck::heard(5)))
                 .collect();
             for m in &mut self.observed.members {
                 if let Some(r) = &mut m.raft {
-                    r.leader_id = Some(raft_id_of(ordinal));
+                    r.leader_id = Some(raft_id(ordinal));
                     if m.ordinal == ordinal {
                         r.role = MemberRole::Leader;
                         r.matched = matched.clone();
+                        r.acks = acks.clone();
                         r.lease_valid = true;
                     } else if r.role == MemberRole::Leader {
                         r.role = MemberRole::Follower;
                         r.matched.clear();
+                        r.acks.clear();
                         r.lease_valid = false;
                     }
                 }
@@ -479,7 +625,25 @@ pub mod fixtures {
                 {
                     let last = r.last_log_index;
                     r.matched
-                        .insert(raft_id_of(ordinal), last.saturating_sub(behind));
+                        .insert(raft_id(ordinal), last.saturating_sub(behind));
+                }
+            }
+            self
+        }
+
+        /// The leader last heard from `ordinal` this long ago (`u64::MAX`: never in this term).
+        pub fn last_ack(mut self, ordinal: u32, millis: u64) -> Self {
+            for m in &mut self.observed.members {
+                if let Some(r) = &mut m.raft
+                    && r.role == MemberRole::Leader
+                {
+                    r.acks.insert(
+                        raft_id(ordinal),
+                        LeaderAck {
+                            healthy: millis <= 300,
+                            millis_since_ack: Some(millis),
+                        },
+                    );
                 }
             }
             self

@@ -8,7 +8,8 @@
 //! leadership has moved to a caught-up follower, preferably in another zone.
 
 use crate::crd::MemberRole;
-use crate::observed::{Observed, member_name, raft_id_of};
+use crate::member::{ordinal_of_pod_name, ordinal_of_raft_id, pod_name};
+use crate::observed::Observed;
 use std::collections::BTreeSet;
 
 /// The one thing the operator does next.
@@ -124,16 +125,51 @@ impl Action {
         self.names().1
     }
 
+    /// Whether carrying the action out takes a member away or changes who votes or leads: such
+    /// a step is re-checked against a fresh observation immediately before it is made.
+    pub fn is_disruptive(&self) -> bool {
+        matches!(
+            self,
+            Action::ReplaceMember { .. }
+                | Action::RemoveMember { .. }
+                | Action::TransferLeadership { .. }
+                | Action::RebuildMember { .. }
+                | Action::ForceRecover { .. }
+        )
+    }
+
+    /// Whether two planned actions are the same step on the same members (reasons, which carry
+    /// numbers that move between observations, are not compared).
+    pub fn same_step(&self, other: &Action) -> bool {
+        use Action::*;
+        match (self, other) {
+            (ReplaceMember { ordinal: a, .. }, ReplaceMember { ordinal: b, .. })
+            | (RemoveMember { ordinal: a, .. }, RemoveMember { ordinal: b, .. })
+            | (RebuildMember { ordinal: a, .. }, RebuildMember { ordinal: b, .. }) => a == b,
+            (TransferLeadership { from: a, to: x }, TransferLeadership { from: b, to: y }) => {
+                a == b && x == y
+            }
+            (
+                ForceRecover {
+                    ordinal: a,
+                    new_epoch: x,
+                    plan_id: p,
+                },
+                ForceRecover {
+                    ordinal: b,
+                    new_epoch: y,
+                    plan_id: q,
+                },
+            ) => a == b && x == y && p == q,
+            _ => self == other,
+        }
+    }
+
     fn wait(reason: impl Into<String>) -> Self {
         Action::Wait {
             reason: reason.into(),
         }
     }
-}
-
-/// Ordinal of a Raft id (ids are ordinal + 1).
-fn ordinal_of(id: u64) -> Option<u32> {
-    id.checked_sub(1).and_then(|o| u32::try_from(o).ok())
 }
 
 /// Pick the next action. Pure: same input, same answer.
@@ -148,12 +184,12 @@ pub fn plan_next_action(o: &Observed) -> Action {
     let voters: BTreeSet<u32> = membership
         .voters
         .iter()
-        .filter_map(|id| ordinal_of(*id))
+        .filter_map(|id| ordinal_of_raft_id(*id))
         .collect();
     let learners: BTreeSet<u32> = membership
         .learners
         .iter()
-        .filter_map(|id| ordinal_of(*id))
+        .filter_map(|id| ordinal_of_raft_id(*id))
         .collect();
 
     // A member of the configuration whose pod vanished is down already: recreating it costs
@@ -166,6 +202,12 @@ pub fn plan_next_action(o: &Observed) -> Action {
         return Action::CreateMembers {
             ordinals: vec![*ordinal],
         };
+    }
+
+    // An approved recovery that was started is finished before anything else, with the same
+    // survivor, epoch and id: choosing again could fork the cluster into two of one epoch.
+    if let Some(flight) = o.recovery_in_flight() {
+        return plan_recovery_in_flight(o, flight);
     }
 
     let Some(leader) = o.leader() else {
@@ -187,7 +229,7 @@ pub fn plan_next_action(o: &Observed) -> Action {
                 ordinal: learner,
                 reason: format!(
                     "{} is a learner but the cluster already has {} voters",
-                    member_name(&o.name, learner),
+                    pod_name(&o.name, learner),
                     voters.len()
                 ),
             };
@@ -213,7 +255,7 @@ pub fn plan_next_action(o: &Observed) -> Action {
                 ordinal: wiped,
                 reason: format!(
                     "{} lost its data directory; it is removed and rebuilt learner-first",
-                    member_name(&o.name, wiped)
+                    pod_name(&o.name, wiped)
                 ),
             },
             Err(reason) => Action::Blocked { reason },
@@ -232,7 +274,7 @@ pub fn plan_next_action(o: &Observed) -> Action {
             ordinal: old.ordinal,
             reason: format!(
                 "{} holds data of epoch {epoch}, from before the recovery to epoch {}; the cluster refuses it, so its volume is deleted and it is rebuilt learner-first",
-                member_name(&o.name, old.ordinal),
+                pod_name(&o.name, old.ordinal),
                 o.current_epoch()
             ),
         };
@@ -271,7 +313,7 @@ pub fn plan_next_action(o: &Observed) -> Action {
             Some(m) if m.raft.is_some() => Action::AddLearner { ordinal: next },
             Some(_) => Action::wait(format!(
                 "{} is starting before it joins as a learner",
-                member_name(&o.name, next)
+                pod_name(&o.name, next)
             )),
         };
     }
@@ -322,7 +364,7 @@ fn plan_bootstrap(o: &Observed, desired: u32) -> Action {
     }
     let not_answering: Vec<String> = (0..desired)
         .filter(|ordinal| o.member(*ordinal).is_none_or(|m| m.raft.is_none()))
-        .map(|ordinal| member_name(&o.name, ordinal))
+        .map(|ordinal| pod_name(&o.name, ordinal))
         .collect();
     if !not_answering.is_empty() {
         return Action::wait(format!(
@@ -339,7 +381,7 @@ fn plan_bootstrap(o: &Observed, desired: u32) -> Action {
         return Action::Blocked {
             reason: format!(
                 "{} holds state of another cluster; bootstrap refuses to proceed",
-                member_name(&o.name, foreign.ordinal)
+                pod_name(&o.name, foreign.ordinal)
             ),
         };
     }
@@ -380,7 +422,7 @@ fn plan_rollout(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Action {
             return Action::Blocked {
                 reason: format!(
                     "cannot replace {}: only {healthy_others} other voters are healthy, {need} needed",
-                    member_name(&o.name, down)
+                    pod_name(&o.name, down)
                 ),
             };
         }
@@ -416,7 +458,7 @@ fn transfer_away_from(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Acti
         None => Action::Blocked {
             reason: format!(
                 "no caught-up follower to take leadership from {}",
-                member_name(&o.name, leader)
+                pod_name(&o.name, leader)
             ),
         },
     }
@@ -441,14 +483,64 @@ pub fn pick_successor(o: &Observed, voters: &BTreeSet<u32>, leader: u32) -> Opti
         })
 }
 
-/// Every voter other than `except` is healthy and caught up.
+/// Every voter other than `except` is healthy and caught up; otherwise every problem, joined.
 fn others_healthy(o: &Observed, voters: &BTreeSet<u32>, except: Option<u32>) -> Result<(), String> {
-    for v in voters.iter().filter(|v| Some(**v) != except) {
-        if let Some(problem) = o.health_problem(*v) {
-            return Err(problem);
-        }
+    let problems: Vec<String> = voters
+        .iter()
+        .filter(|v| Some(**v) != except)
+        .filter_map(|v| o.health_problem(*v))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
-    Ok(())
+}
+
+/// Finish the recovery recorded in `.status.recovery.inFlight`: call ForceRecover again on the
+/// same survivor with the same epoch and id (raftd treats a repeat as done), or wait for the
+/// survivor to answer. A different approval is refused; the reason says why.
+fn plan_recovery_in_flight(o: &Observed, flight: &crate::crd::RecoveryInFlight) -> Action {
+    let refused = refused_approval(o)
+        .map(|r| format!(". {r}"))
+        .unwrap_or_default();
+    let Some(ordinal) = ordinal_of_pod_name(&o.name, &flight.survivor) else {
+        return Action::Blocked {
+            reason: format!(
+                "recovery {} in flight names {}, which is not a member of {}{refused}",
+                flight.id, flight.survivor, o.name
+            ),
+        };
+    };
+    if o.spec.paused {
+        return Action::wait(format!(
+            "recovery {} to epoch {} is in flight; paused: spec.paused is true{refused}",
+            flight.id, flight.to_epoch
+        ));
+    }
+    if o.member(ordinal).is_none_or(|m| m.raft.is_none()) {
+        return Action::wait(format!(
+            "recovery {} to epoch {} is in flight: waiting for its survivor {} to answer; no other survivor is chosen for epoch {}{refused}",
+            flight.id, flight.to_epoch, flight.survivor, flight.to_epoch
+        ));
+    }
+    Action::ForceRecover {
+        ordinal,
+        new_epoch: flight.to_epoch,
+        plan_id: flight.id.clone(),
+    }
+}
+
+/// Why the approval annotation is refused while another recovery is in flight, if it is.
+pub fn refused_approval(o: &Observed) -> Option<String> {
+    let flight = o.recovery_in_flight()?;
+    let approval = o.recovery_approval.as_deref()?;
+    (approval != flight.id).then(|| {
+        format!(
+            "approval {approval} is refused: recovery {} (survivor {}, epoch {}) is in flight, and an epoch gets exactly one recovery",
+            flight.id, flight.survivor, flight.to_epoch
+        )
+    })
 }
 
 /// May `target` go away now? Every other voter healthy and within the lag bound, and the voters
@@ -460,7 +552,7 @@ pub fn disruption_gate(
     target: u32,
     target_already_down: bool,
 ) -> Result<(), String> {
-    let target_name = member_name(&o.name, target);
+    let target_name = pod_name(&o.name, target);
     others_healthy(o, voters, Some(target))
         .map_err(|problem| format!("{target_name} must wait: {problem}"))?;
     if !target_already_down && let Some(problem) = o.health_problem(target) {
@@ -508,7 +600,7 @@ fn plan_without_leader(o: &Observed, voters: &BTreeSet<u32>) -> Action {
         return Action::wait(format!("{reason}. paused: spec.paused is true"));
     }
     if o.recovery_approval.as_deref() == Some(proposal.id.as_str()) {
-        let Some(ordinal) = ordinal_of_name(&o.name, &proposal.survivor) else {
+        let Some(ordinal) = ordinal_of_pod_name(&o.name, &proposal.survivor) else {
             return Action::wait(reason);
         };
         return Action::ForceRecover {
@@ -531,14 +623,6 @@ fn plan_without_leader(o: &Observed, voters: &BTreeSet<u32>) -> Action {
     }
 }
 
-fn ordinal_of_name(cluster: &str, member: &str) -> Option<u32> {
-    member
-        .strip_prefix(cluster)?
-        .strip_prefix('-')?
-        .parse()
-        .ok()
-}
-
 /// The recovery plan when a majority of voters is lost for good, i.e. fewer than a quorum of
 /// voters still hold data (answering with this cluster's state, or down with their volume).
 /// `None` while the quorum can still come back by itself. Pure.
@@ -550,7 +634,7 @@ pub fn recovery_proposal(o: &Observed) -> Option<crate::crd::RecoveryProposal> {
     let voters: Vec<u32> = membership
         .voters
         .iter()
-        .filter_map(|id| ordinal_of(*id))
+        .filter_map(|id| ordinal_of_raft_id(*id))
         .collect();
     if voters.is_empty() {
         return None;
@@ -582,7 +666,7 @@ pub fn recovery_proposal(o: &Observed) -> Option<crate::crd::RecoveryProposal> {
     candidates.sort_by(|a, b| (b.1, b.2, a.0).cmp(&(a.1, a.2, b.0)));
     let &(survivor, term, index) = candidates.first()?;
     let new_epoch = o.current_epoch() + 1;
-    let survivor_name = member_name(&o.name, survivor);
+    let survivor_name = pod_name(&o.name, survivor);
     let id = format!("{survivor_name}-to-epoch-{new_epoch}");
     let highest = o.previous_status.commit_index;
     Some(crate::crd::RecoveryProposal {
@@ -600,12 +684,12 @@ pub fn recovery_proposal(o: &Observed) -> Option<crate::crd::RecoveryProposal> {
         candidates: candidates
             .iter()
             .map(|(v, t, i)| crate::crd::RecoveryCandidate {
-                name: member_name(&o.name, *v),
+                name: pod_name(&o.name, *v),
                 last_log_index: *i,
                 last_log_term: *t,
             })
             .collect(),
-        lost_members: lost.iter().map(|v| member_name(&o.name, *v)).collect(),
+        lost_members: lost.iter().map(|v| pod_name(&o.name, *v)).collect(),
         highest_commit_index_seen: highest,
         possibly_lost_entries: highest.saturating_sub(index),
     })
@@ -620,7 +704,7 @@ fn no_leader_reason(o: &Observed, voters: &BTreeSet<u32>) -> String {
     let unreachable: Vec<String> = voters
         .iter()
         .filter(|v| !reachable.contains(v))
-        .map(|v| member_name(&o.name, *v))
+        .map(|v| pod_name(&o.name, *v))
         .collect();
     let need = quorum::majority(voters.len() as u32);
     if (reachable.len() as u32) < need {
@@ -646,11 +730,6 @@ pub fn is_voter_role(role: MemberRole) -> bool {
         role,
         MemberRole::Leader | MemberRole::Follower | MemberRole::Candidate
     )
-}
-
-/// Raft id for an ordinal (re-exported for the act step).
-pub fn id_of(ordinal: u32) -> u64 {
-    raft_id_of(ordinal)
 }
 
 #[cfg(test)]
@@ -1113,5 +1192,199 @@ mod tests {
         // Once demo-0 is down (being rebuilt), the empty members are added, learner first.
         let o = b.unreachable(0).build();
         assert_eq!(plan_next_action(&o), Action::AddLearner { ordinal: 2 });
+    }
+
+    /// 3 voters on rev-1 asked to roll; the leader last heard from follower 2 `millis` ago.
+    fn three_with_follower_2_cut_off(millis: u64) -> Observed {
+        ObservedBuilder::new(3)
+            .running(3, "rev-1")
+            .last_ack(2, millis)
+            .build()
+    }
+
+    #[test]
+    fn a_follower_cut_off_from_the_leader_blocks_the_rollout_naming_it() {
+        // It answers the operator, its pod is Ready and it lags 0 entries: only the leader's
+        // view shows that it is gone.
+        match plan_next_action(&three_with_follower_2_cut_off(1500)) {
+            Action::Blocked { reason } => {
+                assert!(
+                    reason.contains(
+                        "demo-2 is cut off from the leader: last acknowledged 1500 ms ago"
+                    ),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Blocked, got {other:?}"),
+        }
+        // Heard from within the election timeout: the rollout goes ahead.
+        assert!(matches!(
+            plan_next_action(&three_with_follower_2_cut_off(120)),
+            Action::ReplaceMember { ordinal: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn contact_falls_back_to_raftds_healthy_flag_without_an_ack_age() {
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-1")
+            .member(0, |m| {
+                m.raft.as_mut().unwrap().acks.insert(
+                    3,
+                    crate::observed::LeaderAck {
+                        healthy: false,
+                        millis_since_ack: None,
+                    },
+                );
+            })
+            .build();
+        match plan_next_action(&o) {
+            Action::Blocked { reason } => assert!(
+                reason.contains("demo-2 is cut off from the leader: no acknowledgement within the 300 ms election timeout"),
+                "{reason}"
+            ),
+            other => panic!("expected Blocked, got {other:?}"),
+        }
+        let never = ObservedBuilder::new(3)
+            .running(3, "rev-2")
+            .last_ack(1, u64::MAX)
+            .build();
+        assert!(
+            never
+                .health_problem(1)
+                .unwrap()
+                .contains("has not acknowledged the leader in this term")
+        );
+    }
+
+    #[test]
+    fn five_voters_with_two_cut_off_block_and_name_both() {
+        let o = ObservedBuilder::new(5)
+            .running(5, "rev-1")
+            .last_ack(3, 2000)
+            .last_ack(4, 2500)
+            .build();
+        match plan_next_action(&o) {
+            Action::Blocked { reason } => {
+                assert!(reason.contains("demo-3 is cut off"), "{reason}");
+                assert!(reason.contains("demo-4 is cut off"), "{reason}");
+            }
+            other => panic!("expected Blocked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn same_step_ignores_reasons_but_not_members() {
+        let a = Action::ReplaceMember {
+            ordinal: 1,
+            reason: "demo-1 lags 3".into(),
+        };
+        let b = Action::ReplaceMember {
+            ordinal: 1,
+            reason: "demo-1 lags 4".into(),
+        };
+        let c = Action::ReplaceMember {
+            ordinal: 2,
+            reason: "demo-1 lags 3".into(),
+        };
+        assert!(a.same_step(&b));
+        assert!(!a.same_step(&c));
+        assert!(!a.same_step(&Action::wait("")));
+        assert!(a.is_disruptive());
+        assert!(!Action::AddLearner { ordinal: 1 }.is_disruptive());
+        // A re-check after the follower was cut off plans a block, not the same step.
+        let before = plan_next_action(&three_with_follower_2_cut_off(100));
+        let after = plan_next_action(&three_with_follower_2_cut_off(900));
+        assert!(before.is_disruptive());
+        assert!(!before.same_step(&after), "{before:?} vs {after:?}");
+    }
+
+    fn in_flight(survivor: &str, id: &str) -> crate::crd::RecoveryInFlight {
+        crate::crd::RecoveryInFlight {
+            id: id.into(),
+            survivor: survivor.into(),
+            from_epoch: 1,
+            to_epoch: 2,
+            survivor_last_index: 100,
+            highest_commit_index_seen: 120,
+            lost_members: vec!["demo-2".into(), "demo-3".into(), "demo-4".into()],
+            started_at: "2026-12-02T04:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_recovery_in_flight_is_finished_with_the_same_survivor_even_if_another_now_looks_better() {
+        // demo-1 was approved and ForceRecover was called; the answer was lost. Now demo-0
+        // reports a higher last term, so a fresh proposal would pick demo-0.
+        let mut o = majority_wiped()
+            .member(0, |m| m.raft.as_mut().unwrap().last_log_term = 3)
+            .status(|s| {
+                s.recovery = Some(crate::crd::RecoveryStatus {
+                    in_flight: Some(in_flight("demo-1", "demo-1-to-epoch-2")),
+                    ..Default::default()
+                })
+            })
+            .build();
+        assert_eq!(recovery_proposal(&o).unwrap().survivor, "demo-0");
+        o.recovery_approval = Some("demo-1-to-epoch-2".into());
+        let finish = Action::ForceRecover {
+            ordinal: 1,
+            new_epoch: 2,
+            plan_id: "demo-1-to-epoch-2".into(),
+        };
+        assert_eq!(plan_next_action(&o), finish);
+        // A second approval naming the other survivor for the same epoch is refused, with the
+        // reason; the recovery in flight is still the one finished.
+        o.recovery_approval = Some("demo-0-to-epoch-2".into());
+        assert_eq!(plan_next_action(&o), finish);
+        let refused = refused_approval(&o).unwrap();
+        assert!(
+            refused.contains("approval demo-0-to-epoch-2 is refused: recovery demo-1-to-epoch-2 (survivor demo-1, epoch 2) is in flight"),
+            "{refused}"
+        );
+        let described = crate::status::describe(&o, &finish);
+        assert!(described.contains("resumed"), "{described}");
+        assert!(described.contains(&refused), "{described}");
+        // The survivor does not answer: wait for it, never pick another.
+        let silent = {
+            let mut silent = o.clone();
+            silent.members[1].raft = None;
+            silent
+        };
+        match plan_next_action(&silent) {
+            Action::Wait { reason } => {
+                assert!(
+                    reason.contains("waiting for its survivor demo-1"),
+                    "{reason}"
+                );
+                assert!(reason.contains("is refused"), "{reason}");
+            }
+            other => panic!("expected Wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_recovery_that_took_effect_is_no_longer_in_flight() {
+        let o = majority_wiped()
+            .status(|s| {
+                s.recovery = Some(crate::crd::RecoveryStatus {
+                    in_flight: Some(in_flight("demo-1", "demo-1-to-epoch-2")),
+                    ..Default::default()
+                })
+            })
+            .member(1, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.role = MemberRole::Leader;
+                r.epoch = 2;
+                r.term = 3;
+                r.leader_id = Some(2);
+                r.voters = vec![2];
+                r.matched = [(2, 101)].into();
+                r.recovery_id = Some("demo-1-to-epoch-2".into());
+            })
+            .build();
+        assert!(o.recovery_in_flight().is_none());
+        assert_eq!(o.current_recovery_id(), "demo-1-to-epoch-2");
+        assert!(!matches!(plan_next_action(&o), Action::ForceRecover { .. }));
     }
 }

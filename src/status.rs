@@ -2,10 +2,11 @@
 //! planned. Fault tolerance comes from where healthy voters actually run, not from the plan.
 
 use crate::crd::{
-    MemberRole, MemberStatus, RaftClusterStatus, RecoveryRecord, RecoveryStatus, RolloutStatus,
-    ZoneVoters,
+    MemberRole, MemberStatus, RaftClusterStatus, RecoveryInFlight, RecoveryRecord, RecoveryStatus,
+    RolloutStatus, ZoneVoters,
 };
-use crate::observed::{Observed, member_name, raft_id_of};
+use crate::member::{ordinal_of_raft_id, pod_name, raft_id};
+use crate::observed::Observed;
 use crate::plan::Action;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,40 @@ pub mod condition {
     pub const ZONE_FAULT_TOLERANT: &str = "ZoneFaultTolerant";
     /// A disruptive step has been refused for longer than `rollout.gateTimeoutSeconds`.
     pub const ROLLOUT_BLOCKED: &str = "RolloutBlocked";
+
+    /// Condition status strings.
+    pub const TRUE: &str = "True";
+    /// See [`TRUE`].
+    pub const FALSE: &str = "False";
+
+    /// Reason of `Progressing=False` while the spec cannot be acted on.
+    pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+    /// Whether a condition in this state is bad news (its Event is a Warning).
+    pub fn is_warning(type_: &str, status: &str) -> bool {
+        match status {
+            TRUE => [QUORUM_LOST, DEGRADED, ROLLOUT_BLOCKED].contains(&type_),
+            FALSE => [AVAILABLE, ZONE_FAULT_TOLERANT].contains(&type_),
+            _ => false,
+        }
+    }
+}
+
+/// Mark the status of a cluster whose spec cannot be acted on: `Progressing=False` with reason
+/// `InvalidSpec` and the cause; everything else stays as last observed.
+pub fn set_invalid_spec(status: &mut RaftClusterStatus, generation: Option<i64>, reason: &str) {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::PROGRESSING);
+    status.conditions.push(Condition {
+        type_: condition::PROGRESSING.to_string(),
+        status: condition::FALSE.to_string(),
+        reason: condition::REASON_INVALID_SPEC.to_string(),
+        message: reason.to_string(),
+        observed_generation: generation,
+        last_transition_time: now,
+    });
 }
 
 /// Compute the status to write. `blocked_since` of the previous status carries how long the
@@ -37,7 +72,7 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
         membership
             .voters
             .iter()
-            .filter_map(|id| id.checked_sub(1).and_then(|o| u32::try_from(o).ok()))
+            .filter_map(|id| ordinal_of_raft_id(*id))
             .collect()
     };
     let voters = voter_ordinals.len() as u32;
@@ -68,7 +103,7 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
         .members
         .iter()
         .map(|m| {
-            let id = raft_id_of(m.ordinal);
+            let id = raft_id(m.ordinal);
             let role = m.raft.as_ref().map_or(MemberRole::Unknown, |r| {
                 if membership.is_learner(id) || r.role == MemberRole::Learner {
                     MemberRole::Learner
@@ -80,7 +115,7 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
                 .and_then(|l| l.raft.as_ref())
                 .and_then(|r| r.matched.get(&id).copied());
             MemberStatus {
-                name: member_name(&o.name, m.ordinal),
+                name: pod_name(&o.name, m.ordinal),
                 raft_id: id,
                 zone: o.zone_of(m.ordinal),
                 role,
@@ -139,7 +174,7 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
             .chain([o.previous_status.epoch, u64::from(bootstrapped)])
             .max()
             .unwrap_or(0),
-        leader: leader.map(|l| member_name(&o.name, l.ordinal)),
+        leader: leader.map(|l| pod_name(&o.name, l.ordinal)),
         term: o
             .members
             .iter()
@@ -159,49 +194,104 @@ pub fn compute_status(o: &Observed, action: &Action) -> RaftClusterStatus {
             .collect(),
         members,
         rollout,
-        recovery: recovery_status(o),
+        recovery_id: {
+            let id = o.current_recovery_id();
+            (!id.is_empty()).then_some(id)
+        },
+        recovery: recovery_status(o, action),
         conditions,
     }
 }
 
-/// The recovery proposal while one is needed; the history is carried over.
-fn recovery_status(o: &Observed) -> Option<RecoveryStatus> {
-    let history = o
-        .previous_status
-        .recovery
-        .as_ref()
-        .map(|r| r.history.clone())
-        .unwrap_or_default();
-    let proposal = crate::plan::recovery_proposal(o);
-    (proposal.is_some() || !history.is_empty()).then_some(RecoveryStatus { proposal, history })
+/// The recovery part of the status: the proposal while one is needed, the recovery in flight
+/// (recorded from the approved plan when ForceRecover is about to be called, kept until a member
+/// reports its epoch), and the history. An in-flight recovery seen to have taken effect (the
+/// operator restarted, or its call timed out, after raftd carried it out) moves to the history.
+fn recovery_status(o: &Observed, action: &Action) -> Option<RecoveryStatus> {
+    let previous = o.previous_status.recovery.clone().unwrap_or_default();
+    let mut history = previous.history;
+    let mut in_flight = previous.in_flight;
+    if let Some(flight) = &in_flight
+        && o.recovery_took_effect(flight)
+    {
+        if !history.iter().any(|h| h.id == flight.id) {
+            history.push(record_of(flight, flight.survivor_last_index, o.now_unix));
+        }
+        in_flight = None;
+    }
+    if in_flight.is_none()
+        && let Action::ForceRecover {
+            new_epoch, plan_id, ..
+        } = action
+        && let Some(proposal) = crate::plan::recovery_proposal(o)
+    {
+        in_flight = Some(RecoveryInFlight {
+            id: plan_id.clone(),
+            survivor: proposal.survivor,
+            from_epoch: o.current_epoch(),
+            to_epoch: *new_epoch,
+            survivor_last_index: proposal.survivor_last_index,
+            highest_commit_index_seen: proposal.highest_commit_index_seen,
+            lost_members: proposal.lost_members,
+            started_at: rfc3339(o.now_unix),
+        });
+    }
+    // No new proposal while one is in flight: the only plan for that epoch is the one started.
+    let proposal = if in_flight.is_some() {
+        None
+    } else {
+        crate::plan::recovery_proposal(o)
+    };
+    (proposal.is_some() || in_flight.is_some() || !history.is_empty()).then_some(RecoveryStatus {
+        proposal,
+        in_flight,
+        history,
+    })
 }
 
-/// Records a recovery that was carried out in the status (the audit record). Called only when
-/// the ForceRecover action succeeded.
-pub fn record_recovery(status: &mut RaftClusterStatus, o: &Observed, action: &Action, at: String) {
-    let Action::ForceRecover {
-        new_epoch, plan_id, ..
-    } = action
-    else {
-        return;
-    };
-    let Some(proposal) = crate::plan::recovery_proposal(o) else {
-        return;
-    };
+fn rfc3339(unix: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+fn record_of(flight: &RecoveryInFlight, kept_through_index: u64, now_unix: i64) -> RecoveryRecord {
+    RecoveryRecord {
+        id: flight.id.clone(),
+        survivor: flight.survivor.clone(),
+        from_epoch: flight.from_epoch,
+        to_epoch: flight.to_epoch,
+        kept_through_index,
+        highest_commit_index_seen: flight.highest_commit_index_seen,
+        possibly_lost_entries: flight
+            .highest_commit_index_seen
+            .saturating_sub(kept_through_index),
+        lost_members: flight.lost_members.clone(),
+        at: rfc3339(now_unix),
+    }
+}
+
+/// Records a recovery raftd has carried out (the audit record), with the index the survivor
+/// kept as ForceRecover answered it, and clears the in-flight record. Called only when the
+/// ForceRecover call succeeded.
+pub fn record_recovery(
+    status: &mut RaftClusterStatus,
+    o: &Observed,
+    result: &crate::admin::RecoveryResult,
+    recovery_id: &str,
+) {
     let recovery = status.recovery.get_or_insert_with(RecoveryStatus::default);
+    let Some(flight) = recovery.in_flight.take() else {
+        return;
+    };
     recovery.proposal = None;
-    recovery.history.push(RecoveryRecord {
-        id: plan_id.clone(),
-        survivor: proposal.survivor,
-        from_epoch: o.current_epoch(),
-        to_epoch: *new_epoch,
-        kept_through_index: proposal.survivor_last_index,
-        highest_commit_index_seen: proposal.highest_commit_index_seen,
-        possibly_lost_entries: proposal.possibly_lost_entries,
-        lost_members: proposal.lost_members,
-        at,
-    });
-    status.epoch = *new_epoch;
+    if !recovery.history.iter().any(|h| h.id == flight.id) {
+        recovery
+            .history
+            .push(record_of(&flight, result.previous_last_index, o.now_unix));
+    }
+    status.epoch = status.epoch.max(result.epoch).max(flight.to_epoch);
+    status.recovery_id = Some(recovery_id.to_string());
 }
 
 fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<RolloutStatus> {
@@ -212,7 +302,7 @@ fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<Rollo
                 .and_then(|m| m.pod.as_ref())
                 .is_some_and(|p| p.revision == o.target_revision)
         })
-        .map(|v| member_name(&o.name, *v))
+        .map(|v| pod_name(&o.name, *v))
         .collect();
     let revisions: BTreeSet<&str> = o
         .members
@@ -227,8 +317,8 @@ fn rollout_status(o: &Observed, action: &Action, voters: &[u32]) -> Option<Rollo
         | Action::PromoteVoter { ordinal }
         | Action::RemoveMember { ordinal, .. }
         | Action::DeleteMember { ordinal, .. }
-        | Action::RebuildMember { ordinal, .. } => Some(member_name(&o.name, *ordinal)),
-        Action::TransferLeadership { from, .. } => Some(member_name(&o.name, *from)),
+        | Action::RebuildMember { ordinal, .. } => Some(pod_name(&o.name, *ordinal)),
+        Action::TransferLeadership { from, .. } => Some(pod_name(&o.name, *from)),
         _ => None,
     };
     let blocked_since = match action {
@@ -343,7 +433,7 @@ fn conditions(o: &Observed, action: &Action, i: ConditionInputs) -> Vec<Conditio
             .members
             .iter()
             .filter(|m| m.raft.is_none())
-            .map(|m| member_name(&o.name, m.ordinal))
+            .map(|m| pod_name(&o.name, m.ordinal))
             .collect();
         cond(
             o,
@@ -435,7 +525,7 @@ fn conditions(o: &Observed, action: &Action, i: ConditionInputs) -> Vec<Conditio
 
 /// One sentence describing an action, for conditions and Events.
 pub fn describe(o: &Observed, action: &Action) -> String {
-    let name = |ordinal: &u32| member_name(&o.name, *ordinal);
+    let name = |ordinal: &u32| pod_name(&o.name, *ordinal);
     match action {
         Action::Wait { reason } => reason.clone(),
         Action::Blocked { reason } => format!("blocked: {reason}"),
@@ -466,8 +556,16 @@ pub fn describe(o: &Observed, action: &Action) -> String {
                     )
                 })
                 .unwrap_or_default();
+            let resumed = if o.recovery_in_flight().is_some() {
+                " (resumed: it was started before and has not been seen to take effect)"
+            } else {
+                ""
+            };
+            let refused = crate::plan::refused_approval(o)
+                .map(|r| format!(". {r}"))
+                .unwrap_or_default();
             format!(
-                "recovery {plan_id} approved: making {} the only voter, epoch {new_epoch}{loss}",
+                "recovery {plan_id} approved: making {} the only voter, epoch {new_epoch}{resumed}{loss}{refused}",
                 name(ordinal)
             )
         }
@@ -498,7 +596,11 @@ pub fn describe(o: &Observed, action: &Action) -> String {
 
 /// A condition whose lastTransitionTime moves only when its status changes.
 fn cond(o: &Observed, type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    let status_str = if status { "True" } else { "False" };
+    let status_str = if status {
+        condition::TRUE
+    } else {
+        condition::FALSE
+    };
     let previous = o
         .previous_status
         .conditions
@@ -721,5 +823,155 @@ mod tests {
             .collect();
         assert!(changed.contains(&"Degraded"), "{changed:?}");
         assert!(!changed.contains(&"QuorumLost"), "{changed:?}");
+    }
+
+    #[test]
+    fn a_follower_cut_off_from_the_leader_counts_as_unhealthy_everywhere() {
+        // Idle cluster, follower 2 partitioned: it answers the operator, its pod is Ready and
+        // it lags 0 entries, but the leader last heard from it 1.5 s ago.
+        let o = ObservedBuilder::new(3)
+            .running(3, "rev-2")
+            .last_ack(2, 1500)
+            .build();
+        let s = status_of(&o);
+        assert_eq!(s.healthy_voters, 2);
+        assert_eq!(s.ready_replicas, 2);
+        assert_eq!(s.node_fault_tolerance, 0);
+        assert!(!s.members[2].healthy);
+        let message = s.members[2].message.clone().unwrap();
+        assert!(
+            message.starts_with("demo-2 is cut off from the leader: last acknowledged 1500 ms ago"),
+            "{message}"
+        );
+        let degraded = condition(&s, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded.message.contains("demo-2 is cut off"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(condition(&s, "Available").status, "True");
+        // The budget the operator applies is computed from the same count.
+        assert_eq!(
+            crate::manifests::allowed_disruptions(s.healthy_voters, 3, false),
+            0
+        );
+        // Heard from within the election timeout: healthy.
+        let s = status_of(
+            &ObservedBuilder::new(3)
+                .running(3, "rev-2")
+                .last_ack(2, 250)
+                .build(),
+        );
+        assert_eq!(s.healthy_voters, 3);
+        assert_eq!(condition(&s, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn five_voters_with_two_cut_off_tolerate_no_further_failure() {
+        let s = status_of(
+            &ObservedBuilder::new(5)
+                .running(5, "rev-2")
+                .last_ack(3, 900)
+                .last_ack(4, u64::MAX)
+                .build(),
+        );
+        assert_eq!(s.healthy_voters, 3);
+        assert_eq!(s.node_fault_tolerance, 0);
+        assert_eq!(s.zone_fault_tolerance, 0);
+    }
+
+    #[test]
+    fn force_recover_is_recorded_in_flight_before_the_call_and_in_history_after() {
+        use crate::crd::{MemberRole as R, RecoveryStatus};
+        // A majority wiped: 0 and 1 keep logs up to 90 and 100; approved plan demo-1-to-epoch-2.
+        let mut b = ObservedBuilder::new(5)
+            .running(5, "rev-2")
+            .status(|s| s.commit_index = 120);
+        for ordinal in 0..5 {
+            b = b.member(ordinal, |m| {
+                let r = m.raft.as_mut().unwrap();
+                r.role = R::Candidate;
+                r.leader_id = None;
+                r.matched.clear();
+                r.acks.clear();
+                if ordinal >= 2 {
+                    r.initialized = false;
+                    r.cluster_id = None;
+                    r.voters.clear();
+                }
+                r.last_log_index = if ordinal == 0 { 90 } else { 100 };
+            });
+        }
+        let mut o = b.build();
+        o.recovery_approval = Some("demo-1-to-epoch-2".into());
+        let action = plan_next_action(&o);
+        assert!(matches!(action, Action::ForceRecover { ordinal: 1, .. }));
+        let before_call = compute_status(&o, &action);
+        let flight = before_call
+            .recovery
+            .as_ref()
+            .and_then(|r| r.in_flight.clone())
+            .expect("in flight before the call");
+        assert_eq!(
+            (
+                flight.id.as_str(),
+                flight.survivor.as_str(),
+                flight.to_epoch
+            ),
+            ("demo-1-to-epoch-2", "demo-1", 2)
+        );
+        assert!(before_call.recovery.as_ref().unwrap().proposal.is_none());
+
+        // The call answers: the record keeps the index ForceRecover returned.
+        let mut after = before_call.clone();
+        let result = crate::admin::RecoveryResult {
+            previous_last_index: 101,
+            previous_last_term: 2,
+            epoch: 2,
+            already: false,
+        };
+        record_recovery(&mut after, &o, &result, "demo-1-to-epoch-2");
+        let recovery = after.recovery.as_ref().unwrap();
+        assert!(recovery.in_flight.is_none());
+        assert_eq!(recovery.history.len(), 1);
+        assert_eq!(recovery.history[0].kept_through_index, 101);
+        assert_eq!(recovery.history[0].possibly_lost_entries, 19);
+        assert_eq!(after.epoch, 2);
+        assert_eq!(after.recovery_id.as_deref(), Some("demo-1-to-epoch-2"));
+
+        // The call's answer was lost (operator killed): the next operator finds the survivor at
+        // epoch 2 and moves the in-flight record to the history, once.
+        o.previous_status = before_call;
+        let r = o.members[1].raft.as_mut().unwrap();
+        r.epoch = 2;
+        r.role = R::Leader;
+        r.leader_id = Some(2);
+        r.voters = vec![2];
+        let s = compute_status(&o, &plan_next_action(&o));
+        let RecoveryStatus {
+            in_flight, history, ..
+        } = s.recovery.unwrap();
+        assert!(in_flight.is_none());
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].id, "demo-1-to-epoch-2");
+        assert_eq!(s.epoch, 2);
+    }
+
+    #[test]
+    fn warning_conditions_are_named_by_their_constants() {
+        assert!(condition::is_warning(condition::DEGRADED, condition::TRUE));
+        assert!(!condition::is_warning(
+            condition::DEGRADED,
+            condition::FALSE
+        ));
+        assert!(condition::is_warning(
+            condition::AVAILABLE,
+            condition::FALSE
+        ));
+        assert!(!condition::is_warning(
+            condition::PROGRESSING,
+            condition::TRUE
+        ));
     }
 }

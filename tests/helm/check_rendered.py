@@ -9,6 +9,7 @@ import yaml
 # Exactly what the operator needs, per (apiGroup, resource): the verbs.
 MANAGER_RULES = {
     ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("", "pods/eviction"): {"create"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},

@@ -68,6 +68,10 @@ when watchNamespaces is empty). Only the verbs the operator uses.
 - apiGroups: [""]
   resources: [pods, persistentvolumeclaims]
   verbs: [get, list, watch, create, delete, patch]
+# Members are restarted through the Eviction API, so their PodDisruptionBudget applies.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
 # Headless peer Service and client Service per cluster.
 - apiGroups: [""]
   resources: [services]
