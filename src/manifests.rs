@@ -510,6 +510,21 @@ mod tests {
     }
 
     #[test]
+    fn readiness_is_raftds_can_serve_now_and_stopping_leaves_time_to_drain() {
+        let c = cluster(serde_json::json!({"replicas": 3}));
+        let spec = member_pod(&c, 0, Some("zone-a")).spec.unwrap();
+        let container = &spec.containers[0];
+        let readiness = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            readiness.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
+        // raftd drains on SIGTERM (stops taking requests, answers what it holds): the grace
+        // period must outlast a drain bounded by the client deadline (5 s) several times over.
+        assert!(spec.termination_grace_period_seconds.unwrap() >= 15);
+    }
+
+    #[test]
     fn services_select_the_cluster_and_peers_resolve_before_ready() {
         let c = cluster(serde_json::json!({"replicas": 3}));
         let peers = peer_service(&c).spec.unwrap();
