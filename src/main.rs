@@ -63,11 +63,14 @@ async fn main() -> anyhow::Result<()> {
         anyhow::anyhow!("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {err}")
     })?;
     let client = Client::try_from(config.clone())?;
-    // Evictions refused by a PodDisruptionBudget answer 429; the default client retries those
-    // for minutes, which would hold a reconcile. This one returns them at once.
+    // The default client retries 429/503/504 answers for minutes (15 times, backoff up to
+    // 1000 s). Evictions refused by a PodDisruptionBudget answer 429, and a watch resuming from a
+    // resource version the API server no longer has (it came back on fresh storage) answers 504
+    // "Too large resource version": both must come back at once, so that the round ends or the
+    // watch relists. Watches and evictions use this client; their own loops back off.
     let mut no_retry = config;
     no_retry.default_retry = false;
-    let evict_client = Client::try_from(no_retry)?;
+    let no_retry_client = Client::try_from(no_retry)?;
     let metrics = Arc::new(Metrics::default());
     let leading = Arc::new(AtomicBool::new(!args.leader_elect));
     let health = WatchHealth::default();
@@ -95,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context::new(
         client.clone(),
-        evict_client,
+        no_retry_client.clone(),
         metrics,
         Some(identity),
     ));
@@ -116,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let controllers = namespaces
         .into_iter()
-        .map(|ns| run_controller(client.clone(), ns, ctx.clone(), health.clone()));
+        .map(|ns| run_controller(no_retry_client.clone(), ns, ctx.clone(), health.clone()));
     let all = futures::future::join_all(controllers);
 
     if args.leader_elect {
@@ -146,7 +149,7 @@ where
 
 /// One controller per watched namespace. Every watch is a [`relisting_watcher`]: it starts over
 /// with a fresh list when its resource version cannot be resumed, and `/readyz` fails while any
-/// watch is not live.
+/// watch is not live. `client` must not retry 504s (see `main`).
 async fn run_controller(
     client: Client,
     namespace: Option<String>,

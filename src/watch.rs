@@ -1,23 +1,29 @@
-//! Watches that survive a misbehaving API server: a watch whose resource version cannot be
-//! resumed (too large after the API server came back on fresh storage, or expired) starts over
-//! with a fresh list, and [`WatchHealth`] tells `/readyz` whether every watch is live.
-//!
-//! kube-runtime's watcher relists only on HTTP 410; on any other error it retries the same
-//! resource version forever, so an operator left running across an API-server restart on fresh
-//! storage never saw objects created afterwards.
+//! Watches that survive a misbehaving API server: after any error a watch starts over with a
+//! fresh list (kube-runtime's watcher relists only on HTTP 410 and otherwise resumes from its
+//! old resource version forever, so an operator left running across an API-server restart on
+//! fresh storage never saw objects created afterwards), and [`WatchHealth`] tells `/readyz`
+//! whether every watch is live.
 
 use futures::{Stream, StreamExt};
 use kube::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Errors in a row after which a watch starts over with a fresh list even when the error does
-/// not say that its resource version is unusable.
-pub const RELIST_AFTER_ERRORS: u32 = 3;
+/// First wait before a failed watch starts over; it doubles with each failure in a row.
+pub const RESTART_DELAY_MIN: Duration = Duration::from_millis(800);
+/// Longest wait between attempts while the API server stays unreachable.
+pub const RESTART_DELAY_MAX: Duration = Duration::from_secs(15);
+
+/// Wait before the `failures`-th restart in a row (1 or more): 0.8 s doubling to 15 s.
+pub fn restart_delay(failures: u32) -> Duration {
+    RESTART_DELAY_MIN
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RESTART_DELAY_MAX)
+}
 
 /// Whether each named watch has completed its list and has not failed since.
 #[derive(Clone, Default, Debug)]
@@ -52,30 +58,15 @@ impl WatchHealth {
     }
 }
 
-/// Whether a watch error means the resource version it resumes from is unusable, so only a
-/// fresh list helps: 410 Gone / Expired, or the API server's "Too large resource version"
-/// (504, after it restarted on fresh storage).
-pub fn needs_relist(err: &watcher::Error) -> bool {
-    let (code, message) = match err {
-        watcher::Error::WatchError(status) => (status.code, status.message.as_str()),
-        watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status))
-        | watcher::Error::InitialListFailed(kube::Error::Api(status)) => {
-            (status.code, status.message.as_str())
-        }
-        watcher::Error::NoResourceVersion => return true,
-        _ => return false,
-    };
-    let message = message.to_ascii_lowercase();
-    code == 410
-        || message.contains("too large resource version")
-        || message.contains("resourceversion")
-            && (message.contains("expired") || message.contains("too old"))
-}
-
-/// A watcher of `api` that starts over with a fresh list when its resource version is unusable
-/// (or after [`RELIST_AFTER_ERRORS`] errors in a row), backs off between retries, and reports
-/// its liveness under `name` in `health`.
+/// A watcher of `api` that starts over with a fresh list after **any** error, waiting
+/// [`restart_delay`] first, and reports under `name` in `health` whether it is live (its list
+/// completed and no error since).
+///
+/// Starting over on every error, not only on 410, is what makes it survive an API server that
+/// came back on fresh storage: resuming from an old resource version then either fails with
+/// "Too large resource version" (which the default client retries for minutes) or waits for
+/// events that never come. A fresh list is cheap next to that, and errors are rare: a watch that
+/// simply times out is resumed without one.
 pub fn relisting_watcher<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -87,50 +78,44 @@ where
     K::DynamicType: Default + Clone + Eq + std::hash::Hash,
 {
     health.register(name);
-    let start = {
-        let (api, config) = (api.clone(), config.clone());
-        move || {
-            watcher::watcher(api.clone(), config.clone())
-                .default_backoff()
-                .boxed()
-        }
-    };
+    let start = move || watcher::watcher(api.clone(), config.clone()).boxed();
     struct State<S> {
         inner: S,
-        errors: u32,
+        failures: u32,
         name: String,
         health: WatchHealth,
     }
     let state = State {
         inner: start(),
-        errors: 0,
+        failures: 0,
         name: name.to_string(),
         health,
     };
     futures::stream::unfold(state, move |mut st| {
         let start = start.clone();
         async move {
-            let item = st.inner.next().await?;
-            match &item {
-                Ok(Event::InitDone) => {
-                    st.errors = 0;
-                    st.health.set(&st.name, true);
-                }
-                Ok(Event::Apply(_) | Event::Delete(_)) => st.errors = 0,
-                Ok(Event::Init | Event::InitApply(_)) => {}
-                Err(err) => {
-                    st.errors += 1;
-                    st.health.set(&st.name, false);
-                    if needs_relist(err) || st.errors >= RELIST_AFTER_ERRORS {
-                        tracing::warn!(watch = %st.name, error = %err, errors = st.errors, "watch cannot resume; starting over with a fresh list");
+            // Errors are handled here and never passed on: the controller backs off its whole
+            // trigger stream on every error it sees (up to 30 s each), so a few watches failing
+            // together during an outage would hold back every event for minutes after it.
+            loop {
+                match st.inner.next().await? {
+                    Ok(event) => {
+                        if matches!(event, Event::InitDone) {
+                            st.failures = 0;
+                            st.health.set(&st.name, true);
+                        }
+                        return Some((Ok(event), st));
+                    }
+                    Err(err) => {
+                        st.failures = st.failures.saturating_add(1);
+                        st.health.set(&st.name, false);
+                        let delay = restart_delay(st.failures);
+                        tracing::warn!(watch = %st.name, error = %err, failures = st.failures, retry_in_ms = delay.as_millis() as u64, "watch failed; starting over with a fresh list");
+                        tokio::time::sleep(delay).await;
                         st.inner = start();
-                        st.errors = 0;
-                    } else {
-                        tracing::debug!(watch = %st.name, error = %err, "watch error");
                     }
                 }
             }
-            Some((item, st))
         }
     })
 }
@@ -138,35 +123,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::Status;
-
-    fn status(code: u16, message: &str) -> Box<Status> {
-        Box::new(Status::failure(message, "Expired").with_code(code))
-    }
 
     #[test]
-    fn unusable_resource_versions_relist_and_passing_errors_do_not() {
-        assert!(needs_relist(&watcher::Error::WatchError(status(
-            410,
-            "too old resource version: 1 (5)"
-        ))));
-        assert!(needs_relist(&watcher::Error::WatchStartFailed(
-            kube::Error::Api(status(
-                504,
-                "Timeout: Too large resource version: 90210, current: 12"
-            ))
-        )));
-        assert!(needs_relist(&watcher::Error::WatchError(status(
-            500,
-            "The resourceVersion for the provided watch is too old."
-        ))));
-        assert!(!needs_relist(&watcher::Error::WatchError(status(
-            500,
-            "etcdserver: request timed out"
-        ))));
-        assert!(!needs_relist(&watcher::Error::WatchStartFailed(
-            kube::Error::Api(status(403, "forbidden"))
-        )));
+    fn restarts_back_off_from_under_a_second_to_fifteen_seconds() {
+        let millis: Vec<u128> = (1..=8).map(|n| restart_delay(n).as_millis()).collect();
+        assert_eq!(millis, [800, 1600, 3200, 6400, 12800, 15000, 15000, 15000]);
+        assert_eq!(restart_delay(u32::MAX), RESTART_DELAY_MAX);
     }
 
     #[test]

@@ -500,3 +500,105 @@ async fn two_operator_replicas_share_one_lease_and_the_standby_takes_over() {
     let cluster = wait_ready(&client, &ns.name, "ha", 5, Duration::from_secs(240)).await;
     assert_eq!(sorted_placement(&cluster), vec![2, 2, 1]);
 }
+
+/// Runs a sandbox script (`up.sh` / `down.sh`) from this checkout, failing the test if it fails.
+fn sandbox_script(script: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sandbox/");
+    let status = std::process::Command::new(format!("{path}{script}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed: {status}");
+}
+
+/// Issue 14: an operator left running while the API server is taken down and brought up again
+/// on fresh storage (the sandbox's etcd is wiped) must see a RaftCluster created afterwards. Its
+/// watches cannot resume (their resource versions are too large for the new storage), so they
+/// must relist; `/readyz` fails while they are not live; the cluster deleted with the old
+/// storage must not make it spin. Takes the whole sandbox down and up (about a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_left_running_across_an_api_server_restart_on_fresh_storage_sees_new_clusters()
+{
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "apirestart").await;
+    let ns_name = ns.name.clone();
+    let operator = Operator::start(&ns.name);
+    common::create_cluster(&client, &ns.name, "before", json!({"replicas": 1})).await;
+    common::wait_ready(&client, &ns.name, "before", 1, Duration::from_secs(120)).await;
+    common::wait_until(Duration::from_secs(30), "operator /readyz 200", || async {
+        operator.http_status("/readyz").await == Some(200)
+    })
+    .await;
+
+    // Down: the API server goes away and its storage with it.
+    let down_at = Instant::now();
+    sandbox_script("down.sh");
+    let readyz_while_down = operator.http_status("/readyz").await;
+    println!(
+        "sandbox down in {:.1}s; operator /readyz while the API server is gone: {readyz_while_down:?}",
+        down_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        readyz_while_down,
+        Some(503),
+        "/readyz must fail while the operator's watches are not live"
+    );
+    let up_at = Instant::now();
+    sandbox_script("up.sh");
+    println!("sandbox up again in {:.1}s", up_at.elapsed().as_secs_f64());
+    let log_lines_before = std::fs::read_to_string(&operator.log_path)
+        .unwrap_or_default()
+        .lines()
+        .count();
+
+    // Fresh storage: the namespace, the CRD and the cluster are gone. Recreate the namespace
+    // with the same name (the operator watches only it) and a new cluster.
+    let client = common::client().await;
+    install_crd(&client).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
+        )
+        .await
+        .expect("recreate the namespace");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns_name);
+    common::wait_until(
+        Duration::from_secs(60),
+        "default service account",
+        || async { sas.get_opt("default").await.ok().flatten().is_some() },
+    )
+    .await;
+    let created_at = Instant::now();
+    common::create_cluster(&client, &ns_name, "after", json!({"replicas": 1})).await;
+    common::wait_ready(&client, &ns_name, "after", 1, Duration::from_secs(120)).await;
+    println!(
+        "a cluster created after the restart was reconciled to Ready {:.1}s after creation",
+        created_at.elapsed().as_secs_f64()
+    );
+    common::wait_until(
+        Duration::from_secs(30),
+        "operator /readyz 200 again",
+        || async { operator.http_status("/readyz").await == Some(200) },
+    )
+    .await;
+    // No failure storm for the cluster that vanished with the old storage.
+    let log = std::fs::read_to_string(&operator.log_path).unwrap_or_default();
+    let after_restart: Vec<&str> = log.lines().skip(log_lines_before).collect();
+    let failures = after_restart
+        .iter()
+        .filter(|l| l.contains("reconcile failed"))
+        .count();
+    let secs = up_at.elapsed().as_secs_f64();
+    println!(
+        "after the restart: {} log lines, {failures} reconcile failures in {secs:.0}s",
+        after_restart.len()
+    );
+    assert!(
+        (failures as f64) < secs,
+        "reconcile failures must back off, not spin: {failures} in {secs:.0}s"
+    );
+}

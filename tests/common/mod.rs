@@ -191,6 +191,10 @@ pub async fn install_crd(client: &Client) {
 /// An operator process watching one namespace; killed when dropped.
 pub struct Operator {
     child: Child,
+    /// Address of its /metrics, /healthz and /readyz endpoint.
+    pub http_addr: String,
+    /// Its log file.
+    pub log_path: std::path::PathBuf,
 }
 
 impl Operator {
@@ -236,7 +240,32 @@ impl Operator {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start raft-operator");
-        Self { child }
+        Self {
+            child,
+            http_addr: format!("127.0.0.1:{port}"),
+            log_path,
+        }
+    }
+
+    /// HTTP status code of `GET path` on the operator's endpoint; `None` when it does not answer.
+    pub async fn http_status(&self, path: &str) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&self.http_addr),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&answer);
+        text.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn kill(&mut self) {
