@@ -160,7 +160,7 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "quorum").await;
-    let _operator = Operator::start(&ns.name);
+    let mut operator = Operator::start(&ns.name);
     create_cluster(
         &client,
         &ns.name,
@@ -187,6 +187,7 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
         .cloned()
         .collect();
     writer.reset_error();
+    let acked_before_loss = writer.acks.lock().unwrap().len();
     let lost_at = Instant::now();
     for f in &followers {
         faults.pause(&ns.name, f).unwrap();
@@ -259,6 +260,14 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
         faults.kill(&ns.name, f, None).unwrap();
     }
     let healed = wait_ready(&client, &ns.name, "q", 5, Duration::from_secs(120)).await;
+    // The writer goes on once the quorum is back: a write acknowledged after re-formation.
+    let acked_at_heal = writer.acks.lock().unwrap().len();
+    poll_for(
+        Duration::from_secs(30),
+        "a write acknowledged after the quorum came back",
+        || async { (writer.acks.lock().unwrap().len() > acked_at_heal).then_some(()) },
+    )
+    .await;
     let acks = writer.finish().await;
     let healed_status = healed.status.unwrap();
     println!(
@@ -276,7 +285,12 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
     let kv = RaftClient::new(&endpoints).unwrap();
     let checked = check_acks(&kv, "w-", &acks, None).await;
     println!("no acknowledged write lost: {checked} acknowledged writes all read back");
-    assert!(checked > 50, "the writer made progress ({checked} acks)");
+    // Progress as conditions, not a count that depends on the machine's speed: writes were
+    // acknowledged before the loss and after the re-formation, and every one reads back.
+    assert!(
+        acked_before_loss > 0 && checked > acked_at_heal,
+        "the writer made progress before the loss ({acked_before_loss} acks) and after it ({checked} in all, {acked_at_heal} at re-formation)"
+    );
 
     // --- Permanent loss: 3 followers stop, then their volumes and pods are deleted.
     let leader = healed_status.leader.clone().unwrap();
@@ -367,23 +381,78 @@ async fn majority_loss_is_reported_heals_when_volumes_survive_and_is_recovered_o
     );
     assert_eq!(c.status.as_ref().unwrap().epoch, 1);
 
-    // The survivor not chosen is stopped now and comes back only after the recovery: an old member.
+    // The operator is killed after recording the approved recovery as in flight, and its
+    // survivor stops answering; meanwhile someone approves the other survivor's plan for the
+    // same epoch, which is the one a fresh proposal would now name. Approving it would fork the
+    // cluster into two epoch-2 clusters: the next operator must refuse it and finish the
+    // recovery in flight once its survivor is back.
     let old_member = ips
         .keys()
         .find(|n| !victims.contains(n) && **n != proposal.survivor)
         .cloned()
         .unwrap();
-    faults.pause(&ns.name, &old_member).unwrap();
-    let approved_at = Instant::now();
+    operator.kill();
+    api.patch_status(
+        "q",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"recovery": {"inFlight": {
+            "id": proposal.id,
+            "survivor": proposal.survivor,
+            "fromEpoch": 1,
+            "toEpoch": proposal.new_epoch,
+            "survivorLastIndex": proposal.survivor_last_index,
+            "highestCommitIndexSeen": proposal.highest_commit_index_seen,
+            "lostMembers": proposal.lost_members,
+            "startedAt": "2026-12-02T00:00:00Z",
+        }}}})),
+    )
+    .await
+    .unwrap();
+    faults.pause(&ns.name, &proposal.survivor).unwrap();
+    let conflicting = format!("{old_member}-to-epoch-{}", proposal.new_epoch);
     api.patch(
         "q",
         &PatchParams::default(),
         &Patch::Merge(
-            json!({"metadata": {"annotations": {APPROVE_RECOVERY_ANNOTATION: proposal.id}}}),
+            json!({"metadata": {"annotations": {APPROVE_RECOVERY_ANNOTATION: conflicting}}}),
         ),
     )
     .await
     .unwrap();
+    let _operator = Operator::start_with(&ns.name, "operator-2", &[], &[]);
+    let refused = poll_for(
+        Duration::from_secs(60),
+        "the conflicting approval to be refused",
+        || async {
+            let c = api.get("q").await.ok()?;
+            common::condition(&c, "Progressing")
+                .map(|p| p.message.clone())
+                .filter(|m| m.contains(&format!("approval {conflicting} is refused")))
+        },
+    )
+    .await;
+    println!("next operator, survivor silent: {refused}");
+    let old_status = raft_operator::admin::member_status(
+        &format!("{}:7000", ips[&old_member]),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("the other survivor answers");
+    assert_eq!(
+        old_status.epoch, 1,
+        "{old_member} must not be force-recovered while {} is in flight",
+        proposal.id
+    );
+    // The old member is stopped now and comes back only after the recovery; the survivor of
+    // the recovery in flight answers again and the next operator finishes that recovery.
+    faults.pause(&ns.name, &old_member).unwrap();
+    let approved_at = Instant::now();
+    if let Err(e) = faults.resume(&ns.name, &proposal.survivor) {
+        println!(
+            "{} was restarted by its liveness probe meanwhile ({e})",
+            proposal.survivor
+        );
+    }
     let record = poll_for(Duration::from_secs(60), "the recovery record", || async {
         let c = api.get("q").await.ok()?;
         c.status?.recovery?.history.first().cloned()
