@@ -7,7 +7,7 @@ use crate::manifests::{
     CLUSTER_LABEL, GRPC_PORT, MEMBER_LABEL, REVISION_LABEL, ZONE_LABEL, pod_revision,
 };
 use crate::member::pod_name;
-use crate::observed::{MemberObserved, Observed, PodObserved};
+use crate::observed::{MemberObserved, Observed, PodObserved, RaftObserved};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -71,6 +71,55 @@ fn pod_observed(pod: &Pod, node_zones: &BTreeMap<String, String>) -> PodObserved
             .and_then(|s| s.container_statuses.as_ref())
             .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum()),
         ip: status.and_then(|s| s.pod_ip.clone()),
+    }
+}
+
+/// Pause before asking the leader a second time about members it has not heard from.
+pub const CONTACT_CONFIRM_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A member the leader has not heard from within the election timeout is asked about once more,
+/// [`CONTACT_CONFIRM_DELAY`] later, and counts as cut off only if the second answer agrees: on a
+/// loaded machine an ack can be late by more than the window without anything being wrong, and
+/// every such blip would flap `Degraded` and hold a rollout. A real partition shows in both.
+async fn confirm_lost_contact(
+    answers: &mut [(Option<RaftObserved>, Option<String>)],
+    ordinals: &BTreeSet<u32>,
+    pods: &BTreeMap<u32, &Pod>,
+    spec: &crate::crd::RaftClusterSpec,
+) {
+    let window = u64::from(spec.raft.election_timeout_max_ms);
+    let leader = answers
+        .iter()
+        .zip(ordinals.iter())
+        .filter_map(|((raft, _), ordinal)| Some((raft.as_ref()?, *ordinal)))
+        .filter(|(r, _)| r.role == MemberRole::Leader)
+        .max_by_key(|(r, _)| r.term)
+        .map(|(r, ordinal)| {
+            (
+                r.acks.values().any(|a| a.problem(window).is_some()),
+                ordinal,
+            )
+        });
+    let Some((true, leader_ordinal)) = leader else {
+        return;
+    };
+    let Some(ip) = pods
+        .get(&leader_ordinal)
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.pod_ip.clone())
+    else {
+        return;
+    };
+    tokio::time::sleep(CONTACT_CONFIRM_DELAY).await;
+    let Ok(second) = admin::member_status(&format!("{ip}:{GRPC_PORT}"), admin::ADMIN_TIMEOUT).await
+    else {
+        return;
+    };
+    let Some(index) = ordinals.iter().position(|o| *o == leader_ordinal) else {
+        return;
+    };
+    if let Some((Some(first), _)) = answers.get_mut(index) {
+        first.acks = crate::observed::confirm_acks(first, &second, window);
     }
 }
 
@@ -176,7 +225,8 @@ pub async fn observe(client: &Client, cluster: &RaftCluster) -> Result<Observed,
             }
         }
     });
-    let answers = futures::future::join_all(probes).await;
+    let mut answers = futures::future::join_all(probes).await;
+    confirm_lost_contact(&mut answers, &ordinals, &pods_by_ordinal, &cluster.spec).await;
 
     let members = ordinals
         .iter()

@@ -135,6 +135,30 @@ impl LeaderAck {
     }
 }
 
+/// The leader's contact per member after a second look: a member counts as not heard from only
+/// if both answers say so, and the second answer comes from the same leader in the same term
+/// (otherwise the first stands). Pure.
+pub fn confirm_acks(
+    first: &RaftObserved,
+    second: &RaftObserved,
+    window_ms: u64,
+) -> BTreeMap<u64, LeaderAck> {
+    if second.role != MemberRole::Leader || second.term != first.term {
+        return first.acks.clone();
+    }
+    first
+        .acks
+        .iter()
+        .map(|(id, ack)| {
+            let confirmed = match (ack.problem(window_ms), second.acks.get(id)) {
+                (Some(_), Some(again)) => *again,
+                _ => *ack,
+            };
+            (*id, confirmed)
+        })
+        .collect()
+}
+
 /// Why the leader does not count a member as in contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContactProblem {
@@ -676,5 +700,57 @@ pub mod fixtures {
         pub fn build(self) -> Observed {
             self.observed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(term: u64, acks: &[(u64, u64)]) -> RaftObserved {
+        RaftObserved {
+            role: MemberRole::Leader,
+            term,
+            acks: acks
+                .iter()
+                .map(|(id, millis)| {
+                    (
+                        *id,
+                        LeaderAck {
+                            healthy: *millis <= 300,
+                            millis_since_ack: Some(*millis),
+                        },
+                    )
+                })
+                .collect(),
+            ..RaftObserved::default()
+        }
+    }
+
+    #[test]
+    fn a_member_counts_as_cut_off_only_when_the_second_look_agrees() {
+        let first = leader(3, &[(1, 0), (2, 450), (3, 900)]);
+        // Member 2's ack was late once (a loaded machine); member 3 is really gone.
+        let second = leader(3, &[(1, 0), (2, 20), (3, 1200)]);
+        let acks = confirm_acks(&first, &second, 300);
+        assert_eq!(acks[&1].problem(300), None);
+        assert_eq!(acks[&2].problem(300), None);
+        assert_eq!(
+            acks[&3].problem(300),
+            Some(ContactProblem::Stale {
+                millis: 1200,
+                window_ms: 300
+            })
+        );
+        // Another term (a new election meanwhile): the first answer stands.
+        let other_term = leader(4, &[(1, 0), (2, 20), (3, 20)]);
+        assert_eq!(confirm_acks(&first, &other_term, 300), first.acks);
+        // A member the second answer does not mention keeps the first verdict.
+        let forgot = leader(3, &[(1, 0)]);
+        assert!(
+            confirm_acks(&first, &forgot, 300)[&2]
+                .problem(300)
+                .is_some()
+        );
     }
 }
