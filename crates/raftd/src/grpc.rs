@@ -10,6 +10,7 @@ use raft_proto::pb;
 use raft_proto::pb::admin_server::Admin;
 use raft_proto::pb::kv_server::Kv;
 use raft_proto::pb::raft_peer_server::RaftPeer;
+use raft_proto::wire;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
@@ -19,6 +20,7 @@ use crate::forward::{FORWARDED, Forwarder};
 use crate::locks::{self, validate_lock_command};
 use crate::node::{NodeError, RaftNode, ReadLevel, validate_prefix, validate_read_key};
 use crate::status;
+use crate::store::ClusterIdentity;
 use crate::types::{Command, Expect, LockState, MemberNode, SnapshotMeta, Vote};
 
 /// Ops of one pipelined stream that may be running at once (a client's flood waits in its own
@@ -31,38 +33,49 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// Turns a node error into a gRPC status with machine-readable metadata:
 /// `raft-outcome` = `not-applied` | `unknown`, `raft-error` = kind, and leader hints.
 pub fn to_status(e: NodeError) -> Status {
+    use tonic::Code;
+    use wire::OUTCOME_NOT_APPLIED as NOT_APPLIED;
     let msg = e.to_string();
     let (code, outcome, kind) = match &e {
         NodeError::NotLeader { .. } => {
-            (tonic::Code::FailedPrecondition, "not-applied", "not-leader")
+            (Code::FailedPrecondition, NOT_APPLIED, wire::KIND_NOT_LEADER)
         }
-        NodeError::NoQuorum { .. } => (tonic::Code::Unavailable, "not-applied", "no-quorum"),
-        NodeError::NoLeader { .. } => (tonic::Code::Unavailable, "not-applied", "no-leader"),
-        NodeError::OutcomeUnknown(_) => (tonic::Code::Unknown, "unknown", "outcome-unknown"),
-        NodeError::InvalidArgument { .. } => (
-            tonic::Code::InvalidArgument,
-            "not-applied",
-            "invalid-argument",
+        NodeError::NoQuorum { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_NO_QUORUM),
+        NodeError::NoLeader { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_NO_LEADER),
+        NodeError::Draining { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_DRAINING),
+        NodeError::OutcomeUnknown(_) => (
+            Code::Unknown,
+            wire::OUTCOME_UNKNOWN,
+            wire::KIND_OUTCOME_UNKNOWN,
         ),
-        NodeError::Uninitialized(_) => (tonic::Code::Unavailable, "not-applied", "uninitialized"),
-        NodeError::Refused(_) => (tonic::Code::FailedPrecondition, "not-applied", "refused"),
+        NodeError::InvalidArgument { .. } => (
+            Code::InvalidArgument,
+            NOT_APPLIED,
+            wire::KIND_INVALID_ARGUMENT,
+        ),
+        NodeError::Uninitialized(_) => (Code::Unavailable, NOT_APPLIED, wire::KIND_UNINITIALIZED),
+        NodeError::Refused(_) => (Code::FailedPrecondition, NOT_APPLIED, wire::KIND_REFUSED),
         NodeError::LockConflict(_) => (
-            tonic::Code::FailedPrecondition,
-            "not-applied",
-            "lock-conflict",
+            Code::FailedPrecondition,
+            NOT_APPLIED,
+            wire::KIND_LOCK_CONFLICT,
         ),
         NodeError::FencedWriteRejected(_) => (
-            tonic::Code::FailedPrecondition,
-            "not-applied",
-            "fenced-write-rejected",
+            Code::FailedPrecondition,
+            NOT_APPLIED,
+            wire::KIND_FENCED_WRITE_REJECTED,
         ),
-        NodeError::Internal(_) => (tonic::Code::Internal, "unknown", "internal"),
+        NodeError::Internal(_) => (Code::Internal, wire::OUTCOME_UNKNOWN, wire::KIND_INTERNAL),
     };
     let mut status = Status::new(code, msg);
     let md = status.metadata_mut();
-    md.insert("raft-outcome", MetadataValue::from_static(outcome));
-    md.insert("raft-error", MetadataValue::from_static(kind));
+    md.insert(wire::OUTCOME, MetadataValue::from_static(outcome));
+    md.insert(wire::ERROR_KIND, MetadataValue::from_static(kind));
     if let NodeError::NotLeader {
+        leader_id,
+        leader_addr,
+    }
+    | NodeError::Draining {
         leader_id,
         leader_addr,
     } = &e
@@ -70,12 +83,12 @@ pub fn to_status(e: NodeError) -> Status {
         if let Some(id) = leader_id
             && let Ok(v) = id.to_string().parse()
         {
-            md.insert("raft-leader-id", v);
+            md.insert(wire::LEADER_ID, v);
         }
         if let Some(a) = leader_addr
             && let Ok(v) = a.parse()
         {
-            md.insert("raft-leader-addr", v);
+            md.insert(wire::LEADER_ADDR, v);
         }
     }
     status
@@ -209,11 +222,15 @@ impl KvService {
 
     /// Where to forward this request: the leader, when this node follows one and the request
     /// was not forwarded already. Checked before any work, so the leader's own path is untouched.
-    fn forward_to<T>(&self, req: &Request<T>) -> Option<String> {
+    /// The returned guard counts the forward as a request in flight, which a drain waits for;
+    /// a draining node forwards nothing (its own path answers "draining", with a leader hint).
+    fn forward_to<T>(&self, req: &Request<T>) -> Option<(String, crate::node::InFlight<'_>)> {
         if req.metadata().get(FORWARDED).is_some() {
             return None;
         }
-        self.node.leader_addr_if_follower()
+        let addr = self.node.leader_addr_if_follower()?;
+        let in_flight = self.node.begin_request()?;
+        Some((addr, in_flight))
     }
 
     /// The "not leader" error with a hint, for a forward that could not reach the leader.
@@ -233,7 +250,7 @@ impl KvService {
 impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -335,7 +352,7 @@ impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let d = deadline(&req);
         if req.get_ref().consistency != pb::Consistency::Stale as i32
-            && let Some(addr) = self.forward_to(&req)
+            && let Some((addr, _in_flight)) = self.forward_to(&req)
         {
             return self
                 .forwarder
@@ -378,7 +395,7 @@ impl Kv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -405,7 +422,7 @@ impl Kv for KvService {
 
     async fn cas(&self, req: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -461,7 +478,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let d = deadline(&req);
         if req.get_ref().consistency != pb::Consistency::Stale as i32
-            && let Some(addr) = self.forward_to(&req)
+            && let Some((addr, _in_flight)) = self.forward_to(&req)
         {
             return self
                 .forwarder
@@ -853,7 +870,11 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let already = self
             .node
-            .join(&r.cluster_id, r.epoch)
+            .join(&ClusterIdentity {
+                cluster_id: r.cluster_id,
+                epoch: r.epoch,
+                recovery_id: r.recovery_id,
+            })
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::JoinResponse {
@@ -868,7 +889,12 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let out = self
             .node
-            .force_recover(&r.cluster_id, r.new_epoch)
+            .force_recover(
+                &r.cluster_id,
+                r.new_epoch,
+                &r.recovery_id,
+                r.even_if_quorum_answers,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ForceRecoverResponse {
@@ -877,7 +903,7 @@ impl Admin for AdminService {
             membership_index: out.membership_index,
             epoch: out.epoch,
             already_recovered: out.already,
-            recovery_id: String::new(),
+            recovery_id: r.recovery_id,
         }))
     }
 }
@@ -895,22 +921,74 @@ fn reply<T: Serialize, E: std::fmt::Display>(
     Ok(Response::new(pb::PeerReply { payload }))
 }
 
+/// Which peer messages may make an empty node adopt the sender's cluster: only a leader's
+/// (entries or a snapshot), never a candidate's vote request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FromLeader {
+    Yes,
+    No,
+}
+
 impl PeerService {
+    /// Decodes a peer request and admits its sender. The payload is decoded first, so a request
+    /// that is not a valid message changes nothing (an empty node adopts no identity from it).
     fn admit<T: for<'a> serde::Deserialize<'a>>(
         &self,
         req: Request<pb::PeerRequest>,
         what: &str,
-    ) -> Result<T, Status> {
+        from_leader: FromLeader,
+    ) -> Result<(u64, T), Status> {
         let r = req.into_inner();
-        self.node
-            .admit_peer(r.from, &r.cluster_id, r.epoch)
-            .map_err(to_status)?;
-        postcard::from_bytes(&r.payload).map_err(|e| {
+        if self.node.faults.drops_from(r.from) {
+            return Err(Status::unavailable(format!(
+                "fault injection: the link from node {} is cut",
+                r.from
+            )));
+        }
+        let msg: T = postcard::from_bytes(&r.payload).map_err(|e| {
             Status::invalid_argument(format!(
                 "payload: not a valid {what} message from node {}: {e}",
                 r.from
             ))
-        })
+        })?;
+        let sender = ClusterIdentity {
+            cluster_id: r.cluster_id,
+            epoch: r.epoch,
+            recovery_id: r.recovery_id,
+        };
+        self.node
+            .admit_peer(r.from, &sender, from_leader == FromLeader::Yes)
+            .map_err(to_status)?;
+        Ok((r.from, msg))
+    }
+
+    /// The reply to `from`, unless the fault layer cuts the link back to it.
+    fn reply_to<T: Serialize, E: std::fmt::Display>(
+        &self,
+        from: u64,
+        res: Result<T, E>,
+    ) -> Result<Response<pb::PeerReply>, Status> {
+        if self.node.faults.drops_to(from) {
+            return Err(Status::unavailable(format!(
+                "fault injection: the link to node {from} is cut (the request was processed, its reply lost)"
+            )));
+        }
+        reply(res)
+    }
+
+    /// A voter whose Raft instance started less than one lease ago grants no vote: its vote
+    /// lease (the promise not to elect anyone while it recently heard from a leader) was in
+    /// memory and is gone, and the old leader may still be serving lease reads on its ack.
+    fn refuse_vote_while_restarting(&self, from: u64) -> Result<(), Status> {
+        match self.node.within_vote_hold() {
+            Some(age) => Err(Status::unavailable(format!(
+                "node {} started {} ms ago and grants no vote within one lease ({} ms) of starting; node {from} may retry",
+                self.node.id,
+                age.as_millis(),
+                self.node.timing().vote_hold_after_start.as_millis()
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -920,42 +998,58 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: AppendEntriesRequest<crate::types::TypeConfig> =
-            self.admit(req, "AppendEntries")?;
-        reply(self.node.raft().append_entries(rpc).await)
+        let (from, rpc): (u64, AppendEntriesRequest<crate::types::TypeConfig>) =
+            self.admit(req, "AppendEntries", FromLeader::Yes)?;
+        let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index);
+        let res = self.node.raft().append_entries(rpc).await;
+        if let (Ok(resp), Some(commit)) = (&res, leader_commit)
+            && resp.is_success()
+        {
+            self.node.saw_leader_commit(from, commit);
+        }
+        self.reply_to(from, res)
     }
 
     async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: VoteRequest<crate::types::TypeConfig> = self.admit(req, "Vote")?;
-        reply(self.node.raft().vote(rpc).await)
+        let (from, rpc): (u64, VoteRequest<crate::types::TypeConfig>) =
+            self.admit(req, "Vote", FromLeader::No)?;
+        self.refuse_vote_while_restarting(from)?;
+        let res = self.node.raft().vote(rpc).await;
+        self.reply_to(from, res)
     }
 
     async fn pre_vote(
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: VoteRequest<crate::types::TypeConfig> = self.admit(req, "PreVote")?;
-        reply(self.node.raft().pre_vote(rpc).await)
+        let (from, rpc): (u64, VoteRequest<crate::types::TypeConfig>) =
+            self.admit(req, "PreVote", FromLeader::No)?;
+        self.refuse_vote_while_restarting(from)?;
+        let res = self.node.raft().pre_vote(rpc).await;
+        self.reply_to(from, res)
     }
 
     async fn full_snapshot(
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = self.admit(req, "FullSnapshot")?;
+        let (from, (vote, meta, data)): (u64, (Vote, SnapshotMeta, Vec<u8>)) =
+            self.admit(req, "FullSnapshot", FromLeader::Yes)?;
         let snapshot = crate::types::Snapshot {
             meta,
             snapshot: data,
         };
-        reply(self.node.raft().install_full_snapshot(vote, snapshot).await)
+        let res = self.node.raft().install_full_snapshot(vote, snapshot).await;
+        self.reply_to(from, res)
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::PeerRequest>,
     ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: TransferLeaderRequest<crate::types::TypeConfig> =
-            self.admit(req, "TransferLeader")?;
-        reply(self.node.raft().handle_transfer_leader(rpc).await)
+        let (from, rpc): (u64, TransferLeaderRequest<crate::types::TypeConfig>) =
+            self.admit(req, "TransferLeader", FromLeader::No)?;
+        let res = self.node.raft().handle_transfer_leader(rpc).await;
+        self.reply_to(from, res)
     }
 }

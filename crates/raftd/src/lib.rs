@@ -1,5 +1,6 @@
 //! raftd: a Raft-replicated key-value server (openraft + redb + tonic + axum).
 pub mod config;
+pub mod faults;
 pub mod forward;
 pub mod grpc;
 pub mod http;
