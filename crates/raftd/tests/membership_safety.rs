@@ -392,28 +392,20 @@ async fn two_recoveries_to_the_same_epoch_refuse_each_other() {
         },
     )
     .await;
-    // Adding the other survivor as a learner does not merge them: it refuses the leader.
-    client_of(&[ma])
-        .add_learner(mb.id, &mb.grpc, &mb.http)
-        .await
-        .unwrap();
-    wait_for(
-        "plan B's survivor to refuse plan A's leader",
-        Duration::from_secs(10),
-        || async { mb.status().await.recent_refusal.contains("plan-a") },
-    )
-    .await;
-    // And the other way round.
-    client_of(&[mb])
-        .add_learner(ma.id, &ma.grpc, &ma.http)
-        .await
-        .unwrap();
-    wait_for(
-        "plan A's survivor to refuse plan B's leader",
-        Duration::from_secs(10),
-        || async { ma.status().await.recent_refusal.contains("plan-b") },
-    )
-    .await;
+    // Adding the other survivor as a learner does not merge them: it refuses the leader, both
+    // ways round.
+    for (leader, learner, leader_plan) in [(ma, mb, "plan-a"), (mb, ma, "plan-b")] {
+        client_of(&[leader])
+            .add_learner(learner.id, &learner.grpc, &learner.http)
+            .await
+            .unwrap();
+        wait_for(
+            &format!("node {} to refuse {leader_plan}'s leader", learner.id),
+            Duration::from_secs(10),
+            || async { learner.status().await.recent_refusal.contains(leader_plan) },
+        )
+        .await;
+    }
     let (sa, sb) = (ma.status().await, mb.status().await);
     assert_eq!(
         (sa.role.as_str(), sa.voters),

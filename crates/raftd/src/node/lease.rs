@@ -51,6 +51,18 @@ impl Timing {
         }
     }
 
+    /// The flags' defaults (300 ms lease, 10 ms drift, 150 ms minimum election timeout).
+    #[cfg(test)]
+    pub(crate) fn defaults_for_tests() -> Timing {
+        Timing {
+            lease: Duration::from_millis(300),
+            lease_read_window: Duration::from_millis(290),
+            reachability_window: Duration::from_millis(600),
+            step_down_after: Duration::from_millis(450),
+            vote_hold_after_start: Duration::from_millis(300),
+        }
+    }
+
     /// Whether a leader whose last quorum ack is `since_quorum_ack` old has lost its lease.
     pub fn ack_lapsed(&self, since_quorum_ack: Option<Duration>) -> bool {
         since_quorum_ack.is_none_or(|d| d >= self.lease_read_window)
@@ -161,13 +173,7 @@ mod tests {
     use super::*;
 
     fn timing() -> Timing {
-        Timing {
-            lease: Duration::from_millis(300),
-            lease_read_window: Duration::from_millis(250),
-            reachability_window: Duration::from_millis(600),
-            step_down_after: Duration::from_millis(450),
-            vote_hold_after_start: Duration::from_millis(300),
-        }
+        Timing::defaults_for_tests()
     }
 
     fn leader() -> LeaseInputs {
@@ -200,7 +206,7 @@ mod tests {
     #[test]
     fn an_ack_at_or_past_lease_minus_drift_lapses() {
         let mut i = leader();
-        i.since_quorum_ack = Some(Duration::from_millis(250));
+        i.since_quorum_ack = Some(Duration::from_millis(290));
         assert_eq!(lease_state(&i, &timing()), LeaseState::Lapsed);
         i.since_quorum_ack = None;
         assert_eq!(lease_state(&i, &timing()), LeaseState::Lapsed);
@@ -240,7 +246,7 @@ mod tests {
             "--data-dir=/tmp/x",
             "--election-timeout-min-ms=150",
             "--election-timeout-max-ms=300",
-            "--max-clock-drift-ms=50",
+            "--max-clock-drift-ms=10",
             "--heartbeat-ms=50",
         ]);
         assert_eq!(Timing::from_args(&args), timing());

@@ -228,13 +228,7 @@ mod tests {
     use super::*;
 
     fn timing() -> Timing {
-        Timing {
-            lease: Duration::from_millis(300),
-            lease_read_window: Duration::from_millis(290),
-            reachability_window: Duration::from_millis(600),
-            step_down_after: Duration::from_millis(450),
-            vote_hold_after_start: Duration::from_millis(300),
-        }
+        Timing::defaults_for_tests()
     }
 
     fn follower(contact: Option<LeaderContact>) -> ReadinessInputs {
