@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod chaos;
 mod cluster;
 mod kv;
 mod local;
@@ -64,6 +65,8 @@ enum Command {
     Local(local::LocalArgs),
     /// Throughput and latency of local raftd clusters, compared with etcd.
     Bench(bench::BenchArgs),
+    /// Seeded random fault schedules over a local cluster, checked with Porcupine.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// As a kubectl plugin (`kubectl-raft`), `kubectl raft status NAME` means the RaftCluster's status.
@@ -153,6 +156,7 @@ async fn run_async(command: &Command, output: OutputFormat) -> anyhow::Result<()
         Command::TransferLeader(a) => admin::transfer(a, output).await,
         Command::Local(a) => local::run(a, output).await,
         Command::Bench(a) => bench::run(a, output).await,
+        Command::Chaos(a) => chaos::run(a).await,
     }
 }
 
