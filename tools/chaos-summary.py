@@ -11,11 +11,12 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 runs = s["runs"]
 print("# Fault campaign (`make chaos-long`)\n")
 print(f"Commit {commit}: {s['schedules']} schedules, {s['operations']} operations, {s['faults']} faults, "
-      f"{s['outcome_unknown']} outcomes unknown, linearizability violations: {len(s['violations'])} "
+      f"{s['outcome_unknown']} outcomes unknown, schedules with a linearizability or lock-safety violation: {len(s['violations'])} "
       f"(Porcupine, per key; stale reads are not part of this history).\n")
-print("| seed | faults | ops | acknowledged | unknown | longest write gap (ms) | verdict | check (ms) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| seed | faults | ops | acknowledged | unknown | longest write gap (ms) | lock grants | fenced writes applied / rejected | lock violations | verdict | check (ms) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     c = r["check"]
     print(f"| {r['seed']} | {len(r['faults'])} | {r['ops']} | {r['acknowledged']} | {r['outcome_unknown']} | "
-          f"{r['longest_write_gap_ms']:.0f} | {'linearizable' if c['linearizable'] else 'VIOLATION'} | {c['check_ms']} |")
+          f"{r['longest_write_gap_ms']:.0f} | {r['lock_grants']} | {r['fenced_writes_applied']} / {r['fenced_writes_rejected']} | "
+          f"{len(r['lock_violations'])} | {'linearizable' if c['linearizable'] else 'VIOLATION'} | {c['check_ms']} |")

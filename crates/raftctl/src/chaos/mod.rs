@@ -5,6 +5,7 @@
 //! Bounded: every schedule runs for `--seconds`, every client for at most
 //! `workload::MAX_OPS_PER_CLIENT` operations, and traffic stays on loopback.
 mod history;
+mod locks;
 mod report;
 mod schedule;
 mod workload;
@@ -77,7 +78,20 @@ pub struct ScheduleSummary {
     pub longest_write_gap_ms: f64,
     pub latency: std::collections::BTreeMap<String, report::Percentiles>,
     pub check: CheckVerdict,
+    pub lock_grants: usize,
+    pub fenced_writes_applied: usize,
+    pub fenced_writes_rejected: usize,
+    pub lock_violations: Vec<String>,
 }
+
+impl ScheduleSummary {
+    pub fn passed(&self) -> bool {
+        self.check.linearizable && self.lock_violations.is_empty()
+    }
+}
+
+/// Workers contending for the locks besides the KV clients.
+const LOCK_WORKERS: usize = 4;
 
 pub async fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     if a.clients == 0 || a.schedules == 0 || a.seconds == 0 {
@@ -92,18 +106,31 @@ pub async fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.report)
         .with_context(|| format!("--report {}", a.report.display()))?;
     let mut summaries = Vec::new();
-    println!("SEED  FAULTS  OPS     ACKED   UNKNOWN  GAP(ms)  CHECK");
+    println!(
+        "SEED  FAULTS  OPS     ACKED   UNKNOWN  GAP(ms)  LOCKS(grants/fenced ok/rejected)  CHECK"
+    );
     for i in 0..a.schedules {
         let seed = a.seed + i;
         let s = run_schedule(a, seed).await?;
         println!(
-            "{:<5} {:<7} {:<7} {:<7} {:<8} {:<8.0} {} ({} ops, {} ms)",
+            "{:<5} {:<7} {:<7} {:<7} {:<8} {:<8.0} {:<33} {} ({} ops, {} ms)",
             s.seed,
             s.faults.len(),
             s.ops,
             s.acknowledged,
             s.outcome_unknown,
             s.longest_write_gap_ms,
+            format!(
+                "{}/{}/{}{}",
+                s.lock_grants,
+                s.fenced_writes_applied,
+                s.fenced_writes_rejected,
+                if s.lock_violations.is_empty() {
+                    ""
+                } else {
+                    " VIOLATION"
+                }
+            ),
             if s.check.linearizable {
                 "linearizable"
             } else {
@@ -116,7 +143,7 @@ pub async fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     }
     let violations: Vec<u64> = summaries
         .iter()
-        .filter(|s| !s.check.linearizable)
+        .filter(|s| !s.passed())
         .map(|s| s.seed)
         .collect();
     let total = serde_json::json!({
@@ -133,7 +160,7 @@ pub async fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     )?;
     if !violations.is_empty() {
         bail!(
-            "linearizability violations in seeds {violations:?}; see {}/seed-N/ (rerun one with --seed N --schedules 1)",
+            "linearizability or lock-safety violations in seeds {violations:?}; see {}/seed-N/ (rerun one with --seed N --schedules 1)",
             a.report.display()
         );
     }
@@ -164,7 +191,7 @@ async fn run_schedule(a: &ChaosArgs, seed: u64) -> anyhow::Result<ScheduleSummar
     let result = drive(a, seed, &mut cluster, &dir).await;
     let _ = cluster.down();
     let summary = result?;
-    if summary.check.linearizable {
+    if summary.passed() {
         // Keep the raftd logs only when they explain a violation.
         let _ = std::fs::remove_dir_all(dir.join("cluster"));
     }
@@ -182,6 +209,16 @@ async fn drive(
     let mut clients = Vec::new();
     for id in 0..a.clients {
         clients.push(tokio::spawn(workload::client(
+            id,
+            seed,
+            cluster.endpoints(),
+            base,
+            stop.clone(),
+        )));
+    }
+    let mut workers = Vec::new();
+    for id in 0..LOCK_WORKERS {
+        workers.push(tokio::spawn(locks::worker(
             id,
             seed,
             cluster.endpoints(),
@@ -219,6 +256,17 @@ async fn drive(
         history.extend(c.await.context("a chaos client panicked")?);
     }
     let leaders = sampler.await.context("the leader sampler panicked")?;
+    let mut lock_history = locks::LockHistory::default();
+    for w in workers {
+        let h = w.await.context("a lock worker panicked")?;
+        lock_history.grants.extend(h.grants);
+        lock_history.writes.extend(h.writes);
+    }
+    let lock_violations = locks::violations(&lock_history);
+    std::fs::write(
+        dir.join("locks.json"),
+        serde_json::to_string_pretty(&lock_history)?,
+    )?;
     history.extend(workload::final_reads(&cluster.endpoints(), base, a.clients).await?);
     history.sort_by_key(|o| o.invoke_ns);
 
@@ -267,6 +315,10 @@ async fn drive(
         longest_write_gap_ms: gap_ns as f64 / 1e6,
         latency: report::latency_by_op(&history),
         check,
+        lock_grants: lock_history.grants.len(),
+        fenced_writes_applied: lock_history.writes.iter().filter(|w| w.applied).count(),
+        fenced_writes_rejected: lock_history.writes.iter().filter(|w| w.fenced).count(),
+        lock_violations,
     };
     std::fs::write(
         dir.join("summary.json"),

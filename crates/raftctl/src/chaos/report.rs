@@ -208,7 +208,7 @@ pub fn timeline_svg(
     }
     let _ = writeln!(
         svg,
-        r##"<text x="10" y="{}" fill="#555">ops - green: acknowledged write, light green: read, grey: not applied, orange: outcome unknown; leader row - one colour per node (hover for id and term), red: no leader; red bars: fault windows</text>"##,
+        r##"<text x="10" y="{}" fill="#555">green: acked write, light green: read, grey: not applied, orange: outcome unknown; leader: a colour per node, red: none</text>"##,
         height - 8.0
     );
     svg.push_str("</svg>\n");
