@@ -479,7 +479,7 @@ async fn an_isolated_leader_stops_serving_and_healing_causes_no_stale_read() {
         "the isolated leader served reads after its lease: {late:?}"
     );
     assert!(
-        new_leader_after < Duration::from_millis(1500),
+        new_leader_after < Duration::from_secs(2),
         "a new leader served only {new_leader_after:?} after the old one was cut off"
     );
     assert!(

@@ -82,11 +82,15 @@ pub struct ScheduleSummary {
     pub fenced_writes_applied: usize,
     pub fenced_writes_rejected: usize,
     pub lock_violations: Vec<String>,
+    pub stale_reads: usize,
+    pub stale_read_violations: Vec<String>,
 }
 
 impl ScheduleSummary {
     pub fn passed(&self) -> bool {
-        self.check.linearizable && self.lock_violations.is_empty()
+        self.check.linearizable
+            && self.lock_violations.is_empty()
+            && self.stale_read_violations.is_empty()
     }
 }
 
@@ -270,9 +274,12 @@ async fn drive(
     history.extend(workload::final_reads(&cluster.endpoints(), base, a.clients).await?);
     history.sort_by_key(|o| o.invoke_ns);
 
+    // Stale reads answer to their own model (checked here), not to linearizability.
+    let stale_violations = workload::stale_read_violations(&history);
+    let stale_reads = history.iter().filter(|o| o.level == Some("stale")).count();
     let history_path = dir.join("history.jsonl");
     let mut lines = String::new();
-    for op in &history {
+    for op in history.iter().filter(|o| o.level != Some("stale")) {
         lines.push_str(&serde_json::to_string(op)?);
         lines.push('\n');
     }
@@ -319,6 +326,8 @@ async fn drive(
         fenced_writes_applied: lock_history.writes.iter().filter(|w| w.applied).count(),
         fenced_writes_rejected: lock_history.writes.iter().filter(|w| w.fenced).count(),
         lock_violations,
+        stale_reads,
+        stale_read_violations: stale_violations,
     };
     std::fs::write(
         dir.join("summary.json"),

@@ -88,14 +88,17 @@ pub async fn client(
                     (Consistency::Linearizable, "linearizable"),
                     (Consistency::Lease, "lease"),
                     (Consistency::ReadIndex, "read_index"),
-                ][rng.range(0, 3) as usize];
+                    (Consistency::Stale, "stale"),
+                ][rng.range(0, 4) as usize];
                 op.level = Some(name);
                 client.get(key.as_bytes(), level).await.map(|r| {
                     op.found = r.found;
                     op.read = r
                         .found
                         .then(|| String::from_utf8_lossy(&r.value).to_string());
-                    last_seen[key_index] = op.read.clone();
+                    if level != Consistency::Stale {
+                        last_seen[key_index] = op.read.clone();
+                    }
                 })
             }
             4..=6 => {
@@ -195,4 +198,94 @@ pub async fn final_reads(
         });
     }
     Ok(out)
+}
+
+/// Stale reads are checked against their own, weaker model: a stale read may return any value
+/// some write of that key had been sent before the read completed (or absence), never a value
+/// nobody wrote or one written only after it. Returns the violations found.
+pub fn stale_read_violations(history: &[HistoryOp]) -> Vec<String> {
+    use std::collections::HashMap;
+    let mut first_sent: HashMap<(&str, &str), i64> = HashMap::new();
+    for op in history.iter().filter(|o| o.is_write()) {
+        if let Some(v) = op.value.as_deref() {
+            let at = first_sent
+                .entry((op.key.as_str(), v))
+                .or_insert(op.invoke_ns);
+            *at = (*at).min(op.invoke_ns);
+        }
+    }
+    history
+        .iter()
+        .filter(|o| o.level == Some("stale") && o.outcome == Outcome::Ok)
+        .filter_map(|o| {
+            let v = o.read.as_deref()?;
+            match first_sent.get(&(o.key.as_str(), v)) {
+                Some(sent) if *sent <= o.complete_ns => None,
+                Some(_) => Some(format!(
+                    "stale read of {} returned {v:?} before it was written",
+                    o.key
+                )),
+                None => Some(format!(
+                    "stale read of {} returned {v:?}, which nobody wrote",
+                    o.key
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(
+        kind: &'static str,
+        value: Option<&str>,
+        level: Option<&'static str>,
+        invoke_ns: i64,
+        complete_ns: i64,
+    ) -> HistoryOp {
+        HistoryOp {
+            client: 0,
+            op: kind,
+            key: "k".into(),
+            value: if kind == "get" {
+                None
+            } else {
+                value.map(str::to_string)
+            },
+            expect: None,
+            level,
+            invoke_ns,
+            complete_ns,
+            outcome: Outcome::Ok,
+            found: kind == "get" && value.is_some(),
+            read: if kind == "get" {
+                value.map(str::to_string)
+            } else {
+                None
+            },
+            succeeded: false,
+            seen: None,
+            deleted: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_stale_read_may_lag_but_never_invent_or_see_the_future() {
+        let ok = vec![
+            op("put", Some("a"), None, 0, 10),
+            op("put", Some("b"), None, 20, 30),
+            op("get", Some("a"), Some("stale"), 40, 50),
+        ];
+        assert!(stale_read_violations(&ok).is_empty());
+        let phantom = vec![op("get", Some("zz"), Some("stale"), 40, 50)];
+        assert!(stale_read_violations(&phantom)[0].contains("nobody wrote"));
+        let future = vec![
+            op("get", Some("c"), Some("stale"), 0, 5),
+            op("put", Some("c"), None, 10, 20),
+        ];
+        assert!(stale_read_violations(&future)[0].contains("before it was written"));
+    }
 }
