@@ -3,6 +3,9 @@
 //! State lives in a directory: `cluster.json` (members, ports, pids), `endpoints` (the client
 //! endpoints, comma-separated), `node-ID/` data dirs and `node-ID.log` logs. `raftctl local` and
 //! the multi-process tests both drive clusters through this code.
+//!
+//! Every playground raftd runs with `--enable-fault-injection`, so partitions and delays can be
+//! set per node over its HTTP port (`partition`, `delay`, `heal`).
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use raft_proto::RaftClient;
+use raft_proto::faults::FaultRules;
 use serde::{Deserialize, Serialize};
 
 /// One raftd process of a local cluster.
@@ -151,12 +155,21 @@ impl LocalCluster {
         if opts.nodes == 0 || opts.nodes > 9 {
             bail!("--nodes {}: must be between 1 and 9", opts.nodes);
         }
-        if Self::state_file(dir).exists()
-            && let Ok(old) = Self::load(dir)
-            && old.nodes.iter().any(|n| n.pid.is_some_and(alive))
-        {
+        if Self::state_file(dir).exists() {
+            let running = Self::load(dir)
+                .map(|old| old.nodes.iter().any(|n| n.pid.is_some_and(alive)))
+                .unwrap_or(false);
+            if running {
+                bail!(
+                    "--dir {}: a local cluster is already running there; run `raftctl local down --dir {}` first",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             bail!(
-                "--dir {}: a local cluster is already running there; run `raftctl local down` first",
+                "--dir {}: holds a stopped local cluster (its data is kept); start it again with `raftctl local start --dir {}`, or delete it with `raftctl local down --purge --dir {}`",
+                dir.display(),
+                dir.display(),
                 dir.display()
             );
         }
@@ -216,6 +229,7 @@ impl LocalCluster {
             .arg("--initial-cluster")
             .arg(self.initial_cluster())
             .arg("--bootstrap")
+            .arg("--enable-fault-injection")
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -250,6 +264,7 @@ impl LocalCluster {
         let start = Instant::now();
         let client = self.client()?;
         loop {
+            self.check_no_node_exited()?;
             for n in &self.nodes {
                 if let Ok(s) = client.status_of(&n.grpc_addr).await
                     && s.role == "leader"
@@ -267,6 +282,138 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Fails at once, with the node's last log lines, when a node that was started has exited.
+    fn check_no_node_exited(&self) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            if let Some(pid) = n.pid
+                && !alive(pid)
+            {
+                let log = self.dir.join(format!("node-{}.log", n.id));
+                let tail = fs::read_to_string(&log)
+                    .map(|t| {
+                        let lines: Vec<&str> = t.lines().collect();
+                        lines[lines.len().saturating_sub(5)..].join("\n")
+                    })
+                    .unwrap_or_default();
+                bail!(
+                    "node {} (pid {pid}) exited; the end of {}:\n{tail}",
+                    n.id,
+                    log.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts every node of a stopped cluster again, with its data, and waits for a leader.
+    pub async fn start(&mut self, leader_timeout: Duration) -> anyhow::Result<u64> {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            if !self.is_running(id) {
+                self.spawn(id)?;
+            }
+        }
+        self.wait_for_leader(leader_timeout).await
+    }
+
+    /// Stops every node and deletes the cluster's directory (data, logs and state).
+    pub fn purge(mut self) -> anyhow::Result<()> {
+        self.down()?;
+        fs::remove_dir_all(&self.dir).with_context(|| format!("deleting {}", self.dir.display()))
+    }
+
+    /// The network fault rules in force on node `id`.
+    pub async fn faults(&self, id: u64) -> anyhow::Result<FaultRules> {
+        let node = self.node(id)?;
+        let body = http_request(&node.http_addr, "GET", "/debug/faults", None).await?;
+        serde_json::from_str(&body)
+            .with_context(|| format!("node {id}: unreadable fault rules {body:?}"))
+    }
+
+    /// Replaces the network fault rules of node `id`.
+    pub async fn set_faults(&self, id: u64, rules: &FaultRules) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        let body = serde_json::to_string(rules)?;
+        http_request(&node.http_addr, "PUT", "/debug/faults", Some(&body))
+            .await
+            .with_context(|| format!("setting the fault rules of node {id}"))?;
+        Ok(())
+    }
+
+    /// Cuts node `id` off from `peers` (every other node when empty) in `direction`. Rules
+    /// already in force on `id` stay; those are set on `id` alone, so they hold while a peer
+    /// restarts.
+    pub async fn partition(
+        &self,
+        id: u64,
+        peers: &[u64],
+        direction: LinkDirection,
+    ) -> anyhow::Result<FaultRules> {
+        let peers = self.peers_or_all(id, peers)?;
+        let mut rules = self.faults(id).await?;
+        for p in peers {
+            if matches!(direction, LinkDirection::Both | LinkDirection::Out) {
+                rules.drop_to.insert(p);
+            }
+            if matches!(direction, LinkDirection::Both | LinkDirection::In) {
+                rules.drop_from.insert(p);
+            }
+        }
+        self.set_faults(id, &rules).await?;
+        Ok(rules)
+    }
+
+    /// Delays node `id`'s messages to `peers` (every other node when empty) by `ms`.
+    pub async fn delay(&self, id: u64, ms: u64, peers: &[u64]) -> anyhow::Result<FaultRules> {
+        let peers = self.peers_or_all(id, peers)?;
+        let mut rules = self.faults(id).await?;
+        for p in peers {
+            if ms == 0 {
+                rules.delay_to_ms.remove(&p);
+            } else {
+                rules.delay_to_ms.insert(p, ms);
+            }
+        }
+        self.set_faults(id, &rules).await?;
+        Ok(rules)
+    }
+
+    /// Clears every fault on node `id`, or on every running node when `None`.
+    pub async fn heal(&self, id: Option<u64>) -> anyhow::Result<()> {
+        let ids: Vec<u64> = match id {
+            Some(id) => vec![self.node(id)?.id],
+            None => self
+                .nodes
+                .iter()
+                .filter(|n| self.is_running(n.id))
+                .map(|n| n.id)
+                .collect(),
+        };
+        for id in ids {
+            self.set_faults(id, &FaultRules::default()).await?;
+        }
+        Ok(())
+    }
+
+    fn peers_or_all(&self, id: u64, peers: &[u64]) -> anyhow::Result<Vec<u64>> {
+        self.node(id)?;
+        if peers.is_empty() {
+            return Ok(self
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|p| *p != id)
+                .collect());
+        }
+        for p in peers {
+            self.node(*p)?;
+            if *p == id {
+                bail!("node {id} cannot be partitioned from itself");
+            }
+        }
+        Ok(peers.to_vec())
     }
 
     fn pid_of(&self, id: u64) -> anyhow::Result<u32> {
@@ -352,4 +499,57 @@ impl Drop for ClusterGuard {
     fn drop(&mut self) {
         let _ = self.0.down();
     }
+}
+
+/// Which way a partition cuts the links between a node and its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDirection {
+    /// Neither side hears the other.
+    Both,
+    /// The node's messages do not reach the peers (the peers' messages still reach it).
+    Out,
+    /// The peers' messages do not reach the node (its messages still reach them).
+    In,
+}
+
+/// One HTTP/1.1 request on loopback, answered with the body of a 2xx response; any other status
+/// is an error with the body (raftd's reason). Enough for the playground's few control calls.
+async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.unwrap_or("");
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .with_context(|| format!("{method} http://{addr}{path}: no answer within 5 s"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{method} http://{addr}{path}: malformed HTTP response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} http://{addr}{path}: no status in {head:?}"))?;
+    if !(200..300).contains(&status) {
+        bail!(
+            "{method} http://{addr}{path}: HTTP {status}: {}",
+            rest.trim()
+        );
+    }
+    Ok(rest.to_string())
 }

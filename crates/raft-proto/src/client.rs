@@ -13,6 +13,7 @@
 //! - A connection that could not be established is retried (the request never left).
 //! - Anything else after a write was sent (timeout, reset, `raft-outcome: unknown`) is returned
 //!   as `OutcomeUnknown`: the write may or may not have been applied. Reads are always retried.
+use crate::wire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -145,23 +146,29 @@ fn md<'a>(s: &'a Status, key: &str) -> Option<&'a str> {
 }
 
 fn classify(status: &Status, is_write: bool) -> Verdict {
-    let outcome = md(status, "raft-outcome");
-    let kind = md(status, "raft-error").unwrap_or("");
+    let outcome = md(status, wire::OUTCOME);
+    let kind = md(status, wire::ERROR_KIND).unwrap_or("");
     let msg = status.message().to_string();
     match (outcome, kind) {
-        (Some("not-applied"), "not-leader") => match md(status, "raft-leader-addr") {
-            Some(addr) => Verdict::RetryAt(addr.to_string()),
-            None => Verdict::RetryElsewhere(msg),
-        },
-        (Some("not-applied"), "no-quorum") => {
+        (Some(wire::OUTCOME_NOT_APPLIED), wire::KIND_NOT_LEADER | wire::KIND_DRAINING) => {
+            match md(status, wire::LEADER_ADDR) {
+                Some(addr) => Verdict::RetryAt(addr.to_string()),
+                None => Verdict::RetryElsewhere(msg),
+            }
+        }
+        (Some(wire::OUTCOME_NOT_APPLIED), wire::KIND_NO_QUORUM) => {
             Verdict::Fail(ClientError::new(ErrorKind::Unavailable, msg))
         }
-        (Some("not-applied"), "no-leader" | "uninitialized") => Verdict::RetryElsewhere(msg),
-        (Some("not-applied"), "invalid-argument") => {
+        (Some(wire::OUTCOME_NOT_APPLIED), wire::KIND_NO_LEADER | wire::KIND_UNINITIALIZED) => {
+            Verdict::RetryElsewhere(msg)
+        }
+        (Some(wire::OUTCOME_NOT_APPLIED), wire::KIND_INVALID_ARGUMENT) => {
             Verdict::Fail(ClientError::new(ErrorKind::InvalidArgument, msg))
         }
-        (Some("not-applied"), _) => Verdict::Fail(ClientError::new(ErrorKind::Refused, msg)),
-        (Some("unknown"), _) => Verdict::Fail(ClientError::new(
+        (Some(wire::OUTCOME_NOT_APPLIED), _) => {
+            Verdict::Fail(ClientError::new(ErrorKind::Refused, msg))
+        }
+        (Some(wire::OUTCOME_UNKNOWN), _) => Verdict::Fail(ClientError::new(
             if is_write {
                 ErrorKind::OutcomeUnknown
             } else {

@@ -2,7 +2,9 @@
 //!
 //! This crate depends on neither openraft nor redb: the operator uses it for the admin API.
 pub mod client;
+pub mod faults;
 pub mod pipeline;
+pub mod wire;
 
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]
 pub mod pb {

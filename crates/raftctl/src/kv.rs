@@ -44,6 +44,7 @@ pub enum ConsistencyArg {
     /// Leader lease, falling back to ReadIndex.
     Lease,
     /// Quorum round trip.
+    #[value(alias = "read_index")]
     ReadIndex,
     /// Local state of the answering node; may be stale.
     Stale,

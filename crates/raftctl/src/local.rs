@@ -2,8 +2,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use clap::{Args, Subcommand};
-use raft_local::{LocalCluster, UpOptions, find_raftd};
+use raft_local::{LinkDirection, LocalCluster, UpOptions, find_raftd};
 
 use crate::output::OutputFormat;
 
@@ -52,11 +53,65 @@ pub enum LocalCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Stop every node.
-    Down {
+    /// Start every node of a stopped cluster again, with its data.
+    Start {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Stop every node; with --purge also delete the directory (data, logs, state).
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Cut a node's peer links (raft messages only; clients still reach it). Rules add up
+    /// until `heal`.
+    Partition {
+        node_id: u64,
+        /// The peers to cut it from, comma-separated (default: every other node).
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<u64>,
+        /// both: neither side hears the other; out: its messages are lost; in: theirs are.
+        #[arg(long, value_enum, default_value_t = Direction::Both)]
+        direction: Direction,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Delay a node's raft messages to its peers by MS milliseconds (0 removes the delay).
+    Delay {
+        node_id: u64,
+        ms: u64,
+        /// The peers whose messages are delayed, comma-separated (default: every other node).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<u64>,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Clear every partition and delay on one node, or on every node.
+    Heal {
+        node_id: Option<u64>,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Which way `partition` cuts the links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Both,
+    Out,
+    In,
+}
+
+impl From<Direction> for LinkDirection {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Both => LinkDirection::Both,
+            Direction::Out => LinkDirection::Out,
+            Direction::In => LinkDirection::In,
+        }
+    }
 }
 
 pub async fn run(a: &LocalArgs, out: OutputFormat) -> anyhow::Result<()> {
@@ -117,9 +172,54 @@ pub async fn run(a: &LocalArgs, out: OutputFormat) -> anyhow::Result<()> {
             let pid = LocalCluster::load(dir)?.restart(*node_id)?;
             println!("node {node_id} restarted (pid {pid})");
         }
-        LocalCommand::Down { dir } => {
-            LocalCluster::load(dir)?.down()?;
-            println!("all nodes stopped");
+        LocalCommand::Start { dir } => {
+            let mut c = LocalCluster::load(dir)?;
+            let leader = c.start(Duration::from_secs(30)).await?;
+            println!("{} nodes running; leader is node {leader}", c.nodes.len());
+        }
+        LocalCommand::Down { dir, purge } => {
+            let c = LocalCluster::load(dir)?;
+            if *purge {
+                c.purge()?;
+                println!("all nodes stopped; {} deleted", dir.display());
+            } else {
+                let mut c = c;
+                c.down()?;
+                println!("all nodes stopped (data kept; `raftctl local start` brings them back)");
+            }
+        }
+        LocalCommand::Partition {
+            node_id,
+            from,
+            direction,
+            dir,
+        } => {
+            let rules = LocalCluster::load(dir)?
+                .partition(*node_id, from, (*direction).into())
+                .await?;
+            println!(
+                "node {node_id}: messages to {:?} and from {:?} are dropped",
+                rules.drop_to, rules.drop_from
+            );
+        }
+        LocalCommand::Delay {
+            node_id,
+            ms,
+            to,
+            dir,
+        } => {
+            let rules = LocalCluster::load(dir)?.delay(*node_id, *ms, to).await?;
+            println!(
+                "node {node_id}: message delays {:?} (ms)",
+                rules.delay_to_ms
+            );
+        }
+        LocalCommand::Heal { node_id, dir } => {
+            LocalCluster::load(dir)?.heal(*node_id).await?;
+            match node_id {
+                Some(id) => println!("node {id}: every fault cleared"),
+                None => println!("every fault cleared on every running node"),
+            }
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod chaos;
 mod cluster;
 mod kv;
 mod local;
@@ -64,6 +65,8 @@ enum Command {
     Local(local::LocalArgs),
     /// Throughput and latency of local raftd clusters, compared with etcd.
     Bench(bench::BenchArgs),
+    /// Seeded random fault schedules over a local cluster, checked with Porcupine.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// As a kubectl plugin (`kubectl-raft`), `kubectl raft status NAME` means the RaftCluster's status.
@@ -80,7 +83,62 @@ fn plugin_args() -> Vec<std::ffi::OsString> {
     if invoked_as_plugin && args.get(1).is_some_and(|a| a == "status") {
         args.insert(1, "cluster".into());
     }
-    args
+    move_cluster_flags_after_subcommand(args)
+}
+
+/// Flags every data-plane subcommand takes, which users of etcdctl put before the subcommand.
+const CLUSTER_FLAGS: [&str; 2] = ["--endpoints", "--timeout-ms"];
+
+/// `raftctl --endpoints E put k v` means `raftctl put k v --endpoints E`: the cluster flags are
+/// the subcommands' own, so those given before the subcommand move after it (before a `--`,
+/// which starts a command line of its own in `lock run`).
+fn move_cluster_flags_after_subcommand(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::with_capacity(args.len());
+    let mut moved: Vec<std::ffi::OsString> = Vec::new();
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let mut before_subcommand = true;
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy().to_string();
+        if before_subcommand {
+            if let Some(flag) = CLUSTER_FLAGS.iter().find(|f| text == **f) {
+                moved.push(arg);
+                match iter.next() {
+                    Some(value) => moved.push(value),
+                    None => moved.push(std::ffi::OsString::from(*flag)),
+                }
+                continue;
+            }
+            if CLUSTER_FLAGS
+                .iter()
+                .any(|f| text.starts_with(&format!("{f}=")))
+            {
+                moved.push(arg);
+                continue;
+            }
+            if !text.starts_with('-') {
+                before_subcommand = false;
+            } else if matches!(text.as_str(), "-o" | "--output") {
+                out.push(arg);
+                if let Some(value) = iter.next() {
+                    out.push(value);
+                }
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    match out.iter().position(|a| a == "--") {
+        Some(i) => {
+            let tail = out.split_off(i);
+            out.extend(moved);
+            out.extend(tail);
+        }
+        None => out.extend(moved),
+    }
+    out
 }
 
 async fn run_async(command: &Command, output: OutputFormat) -> anyhow::Result<()> {
@@ -98,6 +156,7 @@ async fn run_async(command: &Command, output: OutputFormat) -> anyhow::Result<()
         Command::TransferLeader(a) => admin::transfer(a, output).await,
         Command::Local(a) => local::run(a, output).await,
         Command::Bench(a) => bench::run(a, output).await,
+        Command::Chaos(a) => chaos::run(a).await,
     }
 }
 
@@ -127,6 +186,60 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
             kv::exit_code(&err)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rewrite(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        move_cluster_flags_after_subcommand(args)
+            .iter()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn cluster_flags_before_the_subcommand_move_after_it() {
+        assert_eq!(
+            rewrite("raftctl --endpoints a:1,b:2 put k v"),
+            "raftctl put k v --endpoints a:1,b:2"
+        );
+        assert_eq!(
+            rewrite("raftctl --timeout-ms=900 -o json get k"),
+            "raftctl -o json get k --timeout-ms=900"
+        );
+        assert_eq!(
+            rewrite("raftctl --endpoints e lock run jobs/1 --ttl 5s -- ./job.sh --endpoints x"),
+            "raftctl lock run jobs/1 --ttl 5s --endpoints e -- ./job.sh --endpoints x"
+        );
+    }
+
+    #[test]
+    fn flags_after_the_subcommand_stay_where_they_are() {
+        assert_eq!(
+            rewrite("raftctl put k v --endpoints e"),
+            "raftctl put k v --endpoints e"
+        );
+    }
+
+    #[test]
+    fn the_cli_accepts_cluster_flags_on_either_side() {
+        for line in [
+            "raftctl --endpoints 127.0.0.1:1 put k v",
+            "raftctl put k v --endpoints 127.0.0.1:1",
+            "raftctl --endpoints=127.0.0.1:1 get k --consistency read_index",
+            "raftctl get k --consistency read-index",
+        ] {
+            let args: Vec<std::ffi::OsString> =
+                line.split(' ').map(std::ffi::OsString::from).collect();
+            Cli::try_parse_from(move_cluster_flags_after_subcommand(args))
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 }

@@ -4,6 +4,7 @@
 //! through unchanged, a forward that never reached the leader is "not applied" (the client may
 //! follow the hint itself), and a write whose answer was lost on the way back is "outcome unknown".
 
+use raft_proto::wire;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -65,7 +66,7 @@ impl Forwarder {
         match call(KvClient::new(channel), request).await {
             Ok(response) => Ok(response),
             // The leader answered with raftd's own error: pass it through as is.
-            Err(status) if status.metadata().get("raft-outcome").is_some() => Err(status),
+            Err(status) if status.metadata().get(wire::OUTCOME).is_some() => Err(status),
             Err(status) if never_reached(&status) => {
                 if let Ok(mut channels) = self.channels.lock() {
                     channels.remove(addr);
@@ -78,12 +79,14 @@ impl Forwarder {
                     status.code(),
                     status.message()
                 ));
-                unknown
-                    .metadata_mut()
-                    .insert("raft-outcome", MetadataValue::from_static("unknown"));
-                unknown
-                    .metadata_mut()
-                    .insert("raft-error", MetadataValue::from_static("outcome-unknown"));
+                unknown.metadata_mut().insert(
+                    wire::OUTCOME,
+                    MetadataValue::from_static(wire::OUTCOME_UNKNOWN),
+                );
+                unknown.metadata_mut().insert(
+                    wire::ERROR_KIND,
+                    MetadataValue::from_static(wire::KIND_OUTCOME_UNKNOWN),
+                );
                 Err(unknown)
             }
             Err(_) => Err(not_applied()),

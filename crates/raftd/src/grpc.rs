@@ -1,25 +1,23 @@
-//! gRPC services: the client KV API, the lock API, the admin API, and the peer transport
-//! (server side).
+//! The client KV API's gRPC service (unary calls and the pipelined stream), and the error
+//! mapping every service shares; the lock, admin and peer services live beside it.
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use raft_proto::pb;
-use raft_proto::pb::admin_server::Admin;
 use raft_proto::pb::kv_server::Kv;
-use raft_proto::pb::raft_peer_server::RaftPeer;
-use serde::Serialize;
+use raft_proto::wire;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use crate::admin_service::AdminService;
 use crate::forward::{FORWARDED, Forwarder};
-use crate::locks::{self, validate_lock_command};
+pub use crate::lock_service::{LockService, lock_info};
 use crate::node::{NodeError, RaftNode, ReadLevel, validate_prefix, validate_read_key};
-use crate::status;
-use crate::types::{Command, Expect, LockState, MemberNode, SnapshotMeta, Vote};
+pub use crate::peer_service::PeerService;
+use crate::types::{Command, Expect};
 
 /// Ops of one pipelined stream that may be running at once (a client's flood waits in its own
 /// stream, not in the server's memory).
@@ -31,38 +29,49 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// Turns a node error into a gRPC status with machine-readable metadata:
 /// `raft-outcome` = `not-applied` | `unknown`, `raft-error` = kind, and leader hints.
 pub fn to_status(e: NodeError) -> Status {
+    use tonic::Code;
+    use wire::OUTCOME_NOT_APPLIED as NOT_APPLIED;
     let msg = e.to_string();
     let (code, outcome, kind) = match &e {
         NodeError::NotLeader { .. } => {
-            (tonic::Code::FailedPrecondition, "not-applied", "not-leader")
+            (Code::FailedPrecondition, NOT_APPLIED, wire::KIND_NOT_LEADER)
         }
-        NodeError::NoQuorum { .. } => (tonic::Code::Unavailable, "not-applied", "no-quorum"),
-        NodeError::NoLeader { .. } => (tonic::Code::Unavailable, "not-applied", "no-leader"),
-        NodeError::OutcomeUnknown(_) => (tonic::Code::Unknown, "unknown", "outcome-unknown"),
-        NodeError::InvalidArgument { .. } => (
-            tonic::Code::InvalidArgument,
-            "not-applied",
-            "invalid-argument",
+        NodeError::NoQuorum { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_NO_QUORUM),
+        NodeError::NoLeader { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_NO_LEADER),
+        NodeError::Draining { .. } => (Code::Unavailable, NOT_APPLIED, wire::KIND_DRAINING),
+        NodeError::OutcomeUnknown(_) => (
+            Code::Unknown,
+            wire::OUTCOME_UNKNOWN,
+            wire::KIND_OUTCOME_UNKNOWN,
         ),
-        NodeError::Uninitialized(_) => (tonic::Code::Unavailable, "not-applied", "uninitialized"),
-        NodeError::Refused(_) => (tonic::Code::FailedPrecondition, "not-applied", "refused"),
+        NodeError::InvalidArgument { .. } => (
+            Code::InvalidArgument,
+            NOT_APPLIED,
+            wire::KIND_INVALID_ARGUMENT,
+        ),
+        NodeError::Uninitialized(_) => (Code::Unavailable, NOT_APPLIED, wire::KIND_UNINITIALIZED),
+        NodeError::Refused(_) => (Code::FailedPrecondition, NOT_APPLIED, wire::KIND_REFUSED),
         NodeError::LockConflict(_) => (
-            tonic::Code::FailedPrecondition,
-            "not-applied",
-            "lock-conflict",
+            Code::FailedPrecondition,
+            NOT_APPLIED,
+            wire::KIND_LOCK_CONFLICT,
         ),
         NodeError::FencedWriteRejected(_) => (
-            tonic::Code::FailedPrecondition,
-            "not-applied",
-            "fenced-write-rejected",
+            Code::FailedPrecondition,
+            NOT_APPLIED,
+            wire::KIND_FENCED_WRITE_REJECTED,
         ),
-        NodeError::Internal(_) => (tonic::Code::Internal, "unknown", "internal"),
+        NodeError::Internal(_) => (Code::Internal, wire::OUTCOME_UNKNOWN, wire::KIND_INTERNAL),
     };
     let mut status = Status::new(code, msg);
     let md = status.metadata_mut();
-    md.insert("raft-outcome", MetadataValue::from_static(outcome));
-    md.insert("raft-error", MetadataValue::from_static(kind));
+    md.insert(wire::OUTCOME, MetadataValue::from_static(outcome));
+    md.insert(wire::ERROR_KIND, MetadataValue::from_static(kind));
     if let NodeError::NotLeader {
+        leader_id,
+        leader_addr,
+    }
+    | NodeError::Draining {
         leader_id,
         leader_addr,
     } = &e
@@ -70,19 +79,19 @@ pub fn to_status(e: NodeError) -> Status {
         if let Some(id) = leader_id
             && let Ok(v) = id.to_string().parse()
         {
-            md.insert("raft-leader-id", v);
+            md.insert(wire::LEADER_ID, v);
         }
         if let Some(a) = leader_addr
             && let Ok(v) = a.parse()
         {
-            md.insert("raft-leader-addr", v);
+            md.insert(wire::LEADER_ADDR, v);
         }
     }
     status
 }
 
 /// The client's deadline from the `grpc-timeout` header, else 5 s.
-fn deadline<T>(req: &Request<T>) -> Duration {
+pub(crate) fn deadline<T>(req: &Request<T>) -> Duration {
     let Some(v) = req
         .metadata()
         .get("grpc-timeout")
@@ -111,7 +120,7 @@ fn deadline<T>(req: &Request<T>) -> Duration {
         .max(Duration::from_millis(10))
 }
 
-fn level(c: i32) -> Result<ReadLevel, Status> {
+pub(crate) fn level(c: i32) -> Result<ReadLevel, Status> {
     match pb::Consistency::try_from(c) {
         Ok(pb::Consistency::Linearizable) => Ok(ReadLevel::Linearizable),
         Ok(pb::Consistency::Lease) => Ok(ReadLevel::Lease),
@@ -209,11 +218,15 @@ impl KvService {
 
     /// Where to forward this request: the leader, when this node follows one and the request
     /// was not forwarded already. Checked before any work, so the leader's own path is untouched.
-    fn forward_to<T>(&self, req: &Request<T>) -> Option<String> {
+    /// The returned guard counts the forward as a request in flight, which a drain waits for;
+    /// a draining node forwards nothing (its own path answers "draining", with a leader hint).
+    fn forward_to<T>(&self, req: &Request<T>) -> Option<(String, crate::node::InFlight<'_>)> {
         if req.metadata().get(FORWARDED).is_some() {
             return None;
         }
-        self.node.leader_addr_if_follower()
+        let addr = self.node.leader_addr_if_follower()?;
+        let in_flight = self.node.begin_request()?;
+        Some((addr, in_flight))
     }
 
     /// The "not leader" error with a hint, for a forward that could not reach the leader.
@@ -233,7 +246,7 @@ impl KvService {
 impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -335,7 +348,7 @@ impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let d = deadline(&req);
         if req.get_ref().consistency != pb::Consistency::Stale as i32
-            && let Some(addr) = self.forward_to(&req)
+            && let Some((addr, _in_flight)) = self.forward_to(&req)
         {
             return self
                 .forwarder
@@ -378,7 +391,7 @@ impl Kv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -405,7 +418,7 @@ impl Kv for KvService {
 
     async fn cas(&self, req: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
         let d = deadline(&req);
-        if let Some(addr) = self.forward_to(&req) {
+        if let Some((addr, _in_flight)) = self.forward_to(&req) {
             return self
                 .forwarder
                 .forward(
@@ -461,7 +474,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let d = deadline(&req);
         if req.get_ref().consistency != pb::Consistency::Stale as i32
-            && let Some(addr) = self.forward_to(&req)
+            && let Some((addr, _in_flight)) = self.forward_to(&req)
         {
             return self
                 .forwarder
@@ -511,451 +524,5 @@ impl Kv for KvService {
             stale: served == crate::node::ServedBy::Stale,
             more,
         }))
-    }
-}
-
-/// The wire form of a held lock.
-pub fn lock_info(name: &str, l: &LockState) -> pb::LockInfo {
-    pb::LockInfo {
-        lock: name.to_string(),
-        holder: l.holder.clone(),
-        token: l.token,
-        granted_at_ms: l.granted_at_ms,
-        expires_at_ms: l.expires_at_ms,
-        ttl_ms: l.ttl_ms,
-        term: l.term,
-        epoch: l.epoch,
-        grant_index: l.grant_index,
-    }
-}
-
-/// The lock API. Acquire, Renew, Release and Status must reach the leader (a follower answers
-/// "not leader" with a hint that `RaftClient` follows); Watch is served by any member from its
-/// own applied log.
-pub struct LockService {
-    pub node: Arc<RaftNode>,
-}
-
-/// How much of the client's deadline a blocked acquire leaves for its final proposal and answer.
-const ACQUIRE_ANSWER_MARGIN: Duration = Duration::from_millis(300);
-
-type LockEventStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LockEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::lock_server::Lock for LockService {
-    async fn acquire(
-        &self,
-        req: Request<pb::AcquireLockRequest>,
-    ) -> Result<Response<pb::AcquireLockResponse>, Status> {
-        let d = deadline(&req);
-        let r = req.into_inner();
-        validate_lock_command(&Command::AcquireLock {
-            lock: r.lock.clone(),
-            holder: r.holder.clone(),
-            ttl_ms: r.ttl_ms,
-            now_ms: 0,
-        })
-        .map_err(to_status)?;
-        let wait = Duration::from_millis(r.wait_ms).min(d.saturating_sub(ACQUIRE_ANSWER_MARGIN));
-        let res = locks::acquire(&self.node, &r.lock, &r.holder, r.ttl_ms, wait)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::AcquireLockResponse {
-            granted: res.succeeded,
-            token: if res.succeeded {
-                res.lock.as_ref().map(|l| l.token).unwrap_or(0)
-            } else {
-                0
-            },
-            current: res.lock.as_ref().map(|l| lock_info(&r.lock, l)),
-            revision: res.revision,
-        }))
-    }
-
-    async fn renew(
-        &self,
-        req: Request<pb::RenewLockRequest>,
-    ) -> Result<Response<pb::RenewLockResponse>, Status> {
-        let d = deadline(&req);
-        let r = req.into_inner();
-        let res = self
-            .node
-            .write(
-                Command::RenewLock {
-                    lock: r.lock.clone(),
-                    token: r.token,
-                    ttl_ms: r.ttl_ms,
-                    now_ms: locks::now_ms(),
-                },
-                d,
-            )
-            .await
-            .map_err(to_status)?;
-        if let Some(why) = res.rejection {
-            return Err(to_status(NodeError::LockConflict(why)));
-        }
-        Ok(Response::new(pb::RenewLockResponse {
-            current: res.lock.as_ref().map(|l| lock_info(&r.lock, l)),
-            revision: res.revision,
-        }))
-    }
-
-    async fn release(
-        &self,
-        req: Request<pb::ReleaseLockRequest>,
-    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
-        let d = deadline(&req);
-        let r = req.into_inner();
-        let res = self
-            .node
-            .write(
-                Command::ReleaseLock {
-                    lock: r.lock,
-                    token: r.token,
-                },
-                d,
-            )
-            .await
-            .map_err(to_status)?;
-        match (res.succeeded, res.rejection) {
-            (true, _) => Ok(Response::new(pb::ReleaseLockResponse {
-                released: true,
-                revision: res.revision,
-            })),
-            // Already free (released before, or expired): nothing to release.
-            (false, _) if res.lock.is_none() => Ok(Response::new(pb::ReleaseLockResponse {
-                released: false,
-                revision: res.revision,
-            })),
-            (false, why) => Err(to_status(NodeError::LockConflict(
-                why.unwrap_or_else(|| "release refused".into()),
-            ))),
-        }
-    }
-
-    async fn status(
-        &self,
-        req: Request<pb::LockStatusRequest>,
-    ) -> Result<Response<pb::LockStatusResponse>, Status> {
-        let d = deadline(&req);
-        let r = req.into_inner();
-        locks::validate_name("lock", &r.lock).map_err(to_status)?;
-        let lvl = level(r.consistency)?;
-        let (_, kv) = self.node.linearize(lvl, d).await.map_err(to_status)?;
-        let revision = kv.applied();
-        let sm = kv
-            .data
-            .read()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let current = sm.locks.get(&r.lock).map(|l| lock_info(&r.lock, l));
-        Ok(Response::new(pb::LockStatusResponse {
-            held: current.is_some(),
-            current,
-            revision,
-            epoch: sm.epoch,
-            waiters: self.node.lock_waiters.waiting_for(&r.lock) as u32,
-        }))
-    }
-
-    type WatchStream = LockEventStream;
-
-    async fn watch(
-        &self,
-        req: Request<pb::WatchLockRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let name = req.into_inner().lock;
-        locks::validate_name("lock", &name).map_err(to_status)?;
-        let node = self.node.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<pb::LockEvent, Status>>(64);
-        tokio::spawn(async move {
-            // Subscribe before reading the current state: no change can fall in between.
-            let mut events = node.lock_hub.events.subscribe();
-            let current = |node: &RaftNode| -> pb::LockEvent {
-                let kv = node.core().kv.clone();
-                let revision = kv.applied();
-                let held = kv
-                    .data
-                    .read()
-                    .ok()
-                    .and_then(|sm| sm.locks.get(&name).map(|l| lock_info(&name, l)));
-                pb::LockEvent {
-                    lock: name.clone(),
-                    kind: "current".into(),
-                    held: held.is_some(),
-                    current: held,
-                    revision,
-                    served_by_node: node.id,
-                }
-            };
-            if tx.send(Ok(current(&node))).await.is_err() {
-                return;
-            }
-            loop {
-                let ev = tokio::select! {
-                    ev = events.recv() => ev,
-                    _ = tx.closed() => return,
-                };
-                let msg = match ev {
-                    Ok(e) if e.lock == name => pb::LockEvent {
-                        lock: e.lock.clone(),
-                        kind: e.kind.as_str().into(),
-                        held: e.state.is_some(),
-                        current: e.state.as_ref().map(|l| lock_info(&e.lock, l)),
-                        revision: e.index,
-                        served_by_node: node.id,
-                    },
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current(&node),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-pub struct AdminService {
-    pub node: Arc<RaftNode>,
-}
-
-fn member_addr(m: Option<pb::MemberAddr>) -> Result<(u64, MemberNode), Status> {
-    let m = m.ok_or_else(|| Status::invalid_argument("member: required"))?;
-    Ok((
-        m.id,
-        MemberNode {
-            grpc_addr: m.grpc_addr,
-            http_addr: m.http_addr,
-        },
-    ))
-}
-
-impl AdminService {
-    /// The answer to a membership call: its log revision, whether it changed anything, and the
-    /// members as this node now sees them.
-    async fn membership_response(
-        &self,
-        revision: u64,
-        changed: bool,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let st = status::status(&self.node).await;
-        Ok(Response::new(pb::MembershipResponse {
-            revision,
-            changed,
-            members: st.members,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status::status(&self.node).await))
-    }
-
-    async fn initialize(
-        &self,
-        req: Request<pb::InitializeRequest>,
-    ) -> Result<Response<pb::InitializeResponse>, Status> {
-        let r = req.into_inner();
-        let members = r
-            .members
-            .into_iter()
-            .map(|m| {
-                (
-                    m.id,
-                    MemberNode {
-                        grpc_addr: m.grpc_addr,
-                        http_addr: m.http_addr,
-                    },
-                )
-            })
-            .collect();
-        let already = self
-            .node
-            .initialize(&r.cluster_id, members)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::InitializeResponse {
-            already_initialized: already,
-        }))
-    }
-
-    async fn add_learner(
-        &self,
-        req: Request<pb::AddLearnerRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let r = req.into_inner();
-        let (id, node) = member_addr(r.member)?;
-        let (revision, changed) = self
-            .node
-            .add_learner(id, node, r.wait_caught_up)
-            .await
-            .map_err(to_status)?;
-        self.membership_response(revision, changed).await
-    }
-
-    async fn promote_voter(
-        &self,
-        req: Request<pb::PromoteVoterRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let (revision, changed) = self
-            .node
-            .promote_voter(req.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        self.membership_response(revision, changed).await
-    }
-
-    async fn remove_member(
-        &self,
-        req: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let (revision, changed) = self
-            .node
-            .remove_member(req.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        self.membership_response(revision, changed).await
-    }
-
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let leader_id = self
-            .node
-            .transfer_leader(req.into_inner().to)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::TransferLeaderResponse { leader_id }))
-    }
-
-    async fn snapshot(
-        &self,
-        _req: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        let snapshot_index = self.node.snapshot_now().await.map_err(to_status)?;
-        Ok(Response::new(pb::SnapshotResponse { snapshot_index }))
-    }
-
-    async fn join(
-        &self,
-        req: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
-        let r = req.into_inner();
-        let already = self
-            .node
-            .join(&r.cluster_id, r.epoch)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::JoinResponse {
-            already_joined: already,
-        }))
-    }
-
-    async fn force_recover(
-        &self,
-        req: Request<pb::ForceRecoverRequest>,
-    ) -> Result<Response<pb::ForceRecoverResponse>, Status> {
-        let r = req.into_inner();
-        let out = self
-            .node
-            .force_recover(&r.cluster_id, r.new_epoch)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ForceRecoverResponse {
-            previous_last_index: out.previous_last_index,
-            previous_last_term: out.previous_last_term,
-            membership_index: out.membership_index,
-            epoch: out.epoch,
-            already_recovered: out.already,
-            recovery_id: String::new(),
-        }))
-    }
-}
-
-pub struct PeerService {
-    pub node: Arc<RaftNode>,
-}
-
-fn reply<T: Serialize, E: std::fmt::Display>(
-    res: Result<T, E>,
-) -> Result<Response<pb::PeerReply>, Status> {
-    let res: Result<T, String> = res.map_err(|e| e.to_string());
-    let payload =
-        postcard::to_stdvec(&res).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
-    Ok(Response::new(pb::PeerReply { payload }))
-}
-
-impl PeerService {
-    fn admit<T: for<'a> serde::Deserialize<'a>>(
-        &self,
-        req: Request<pb::PeerRequest>,
-        what: &str,
-    ) -> Result<T, Status> {
-        let r = req.into_inner();
-        self.node
-            .admit_peer(r.from, &r.cluster_id, r.epoch)
-            .map_err(to_status)?;
-        postcard::from_bytes(&r.payload).map_err(|e| {
-            Status::invalid_argument(format!(
-                "payload: not a valid {what} message from node {}: {e}",
-                r.from
-            ))
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl RaftPeer for PeerService {
-    async fn append_entries(
-        &self,
-        req: Request<pb::PeerRequest>,
-    ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: AppendEntriesRequest<crate::types::TypeConfig> =
-            self.admit(req, "AppendEntries")?;
-        reply(self.node.raft().append_entries(rpc).await)
-    }
-
-    async fn vote(&self, req: Request<pb::PeerRequest>) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: VoteRequest<crate::types::TypeConfig> = self.admit(req, "Vote")?;
-        reply(self.node.raft().vote(rpc).await)
-    }
-
-    async fn pre_vote(
-        &self,
-        req: Request<pb::PeerRequest>,
-    ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: VoteRequest<crate::types::TypeConfig> = self.admit(req, "PreVote")?;
-        reply(self.node.raft().pre_vote(rpc).await)
-    }
-
-    async fn full_snapshot(
-        &self,
-        req: Request<pb::PeerRequest>,
-    ) -> Result<Response<pb::PeerReply>, Status> {
-        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = self.admit(req, "FullSnapshot")?;
-        let snapshot = crate::types::Snapshot {
-            meta,
-            snapshot: data,
-        };
-        reply(self.node.raft().install_full_snapshot(vote, snapshot).await)
-    }
-
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::PeerRequest>,
-    ) -> Result<Response<pb::PeerReply>, Status> {
-        let rpc: TransferLeaderRequest<crate::types::TypeConfig> =
-            self.admit(req, "TransferLeader")?;
-        reply(self.node.raft().handle_transfer_leader(rpc).await)
     }
 }

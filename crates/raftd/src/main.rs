@@ -16,6 +16,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long a planned stop (SIGTERM) waits for requests already taken: a write waits at most
+/// 5 s for its commit, and a leadership transfer at most 3 s.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -55,7 +59,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let node = RaftNode::start(args).await?;
     tracing::info!(node = node.id, %grpc_listen, %http_listen, "raftd serving");
 
-    let http = axum::serve(http_listener, raftd::http::router(node.clone()));
+    let http = std::future::IntoFuture::into_future(axum::serve(
+        http_listener,
+        raftd::http::router(node.clone()),
+    ));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -82,11 +89,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok::<(), std::io::Error>(())
     };
+    tokio::pin!(grpc, http);
     tokio::select! {
-        r = grpc => r.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?,
-        r = http => r.map_err(|e| anyhow::anyhow!("http server: {e}"))?,
-        r = shutdown => { r?; tracing::info!("shutting down"); }
+        r = &mut grpc => return r.map_err(|e| anyhow::anyhow!("grpc server: {e}")),
+        r = &mut http => return r.map_err(|e| anyhow::anyhow!("http server: {e}")),
+        r = shutdown => r?,
     }
+    // A planned stop: keep serving while draining, so requests already taken are answered and
+    // new ones get a "not applied, draining" answer with the leader's address.
+    let drain = node.drain(DRAIN_TIMEOUT);
+    let left = tokio::select! {
+        r = &mut grpc => return r.map_err(|e| anyhow::anyhow!("grpc server: {e}")),
+        r = &mut http => return r.map_err(|e| anyhow::anyhow!("http server: {e}")),
+        left = drain => left,
+    };
+    tracing::info!(requests_unanswered = left, "shutting down");
     let _ = node.raft().shutdown().await;
     Ok(())
 }

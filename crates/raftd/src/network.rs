@@ -22,6 +22,7 @@ use raft_proto::pb::raft_peer_client::RaftPeerClient;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::faults::FaultLayer;
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Largest peer message accepted (snapshots travel in one message).
@@ -33,6 +34,7 @@ pub struct WireIdentity {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub epoch: u64,
+    pub recovery_id: String,
 }
 
 /// Last time each peer answered an RPC (either direction), to report quorum reachability.
@@ -66,6 +68,8 @@ pub struct NetworkShared {
     pub injected_rtt: Duration,
     /// Floor for AppendEntries timeouts.
     pub min_append_timeout: Duration,
+    /// Test-only message drops and delays (inert unless enabled by a flag).
+    pub faults: Arc<FaultLayer>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -75,12 +79,14 @@ impl NetworkShared {
         tracker: Arc<PeerTracker>,
         injected_rtt: Duration,
         min_append_timeout: Duration,
+        faults: Arc<FaultLayer>,
     ) -> Self {
         Self {
             identity,
             tracker,
             injected_rtt,
             min_append_timeout,
+            faults,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -107,7 +113,7 @@ impl NetworkShared {
             from: id.node_id,
             payload,
             epoch: id.epoch,
-            recovery_id: String::new(),
+            recovery_id: id.recovery_id,
         }
     }
 }
@@ -184,6 +190,17 @@ impl PeerClient {
         let mut client = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let faults = &self.shared.faults;
+        if faults.drops_to(self.target) {
+            return Err(PeerCallError::Unreachable(
+                self.target,
+                format!("fault injection: the link to node {} is cut", self.target),
+            ));
+        }
+        let fault_delay = faults.delay_to(self.target);
+        if !fault_delay.is_zero() {
+            tokio::time::sleep(fault_delay).await;
+        }
         let half_rtt = self.shared.injected_rtt / 2;
         if !half_rtt.is_zero() {
             tokio::time::sleep(half_rtt).await;
@@ -231,6 +248,15 @@ impl PeerClient {
         };
         if !half_rtt.is_zero() {
             tokio::time::sleep(half_rtt).await;
+        }
+        if faults.drops_from(self.target) {
+            return Err(PeerCallError::Unreachable(
+                self.target,
+                format!(
+                    "fault injection: the link from node {} is cut (its reply was lost)",
+                    self.target
+                ),
+            ));
         }
         self.shared.tracker.mark_ok(self.target);
         let decoded: Result<Resp, String> = postcard::from_bytes(&reply.payload)

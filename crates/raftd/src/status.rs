@@ -28,7 +28,7 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
     let membership = m.membership_config.membership();
     let leader_last = m.last_log_index.unwrap_or(0);
     let is_leader = m.state == ServerState::Leader;
-    let healthy_window = Duration::from_millis(node.args.election_timeout_max_ms);
+    let healthy_window = node.timing().lease;
     let voters: Vec<u64> = membership.voter_ids().collect();
     let mut members = Vec::new();
     for (id, n) in membership.nodes() {
@@ -42,15 +42,23 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
                 None => (0, false),
             }
         };
-        let healthy = if *id == node.id {
-            true
+        let since_ack = if *id == node.id {
+            Some(Duration::ZERO)
         } else if is_leader {
             m.heartbeat
                 .as_ref()
                 .and_then(|h| h.get(id).cloned().flatten())
-                .is_some_and(|t| t.elapsed() < healthy_window)
+                .map(|t| t.elapsed())
         } else {
-            node.tracker.reachable(*id, healthy_window * 2)
+            None
+        };
+        let healthy = if *id == node.id {
+            true
+        } else if is_leader {
+            since_ack.is_some_and(|d| d < healthy_window)
+        } else {
+            node.tracker
+                .reachable(*id, node.timing().reachability_window)
         };
         members.push(pb::Member {
             id: *id,
@@ -65,7 +73,11 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             },
             healthy,
             match_known: is_leader && known,
-            ..Default::default()
+            millis_since_ack: if is_leader {
+                since_ack.map_or(u64::MAX, |d| d.as_millis() as u64)
+            } else {
+                0
+            },
         });
     }
     let since_ack = if is_leader {
@@ -73,9 +85,9 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
     } else {
         None
     };
-    let lease_valid =
-        is_leader && (voters.len() <= 1 || since_ack.is_some_and(|d| d < node.lease_read_window()));
+    let lease_valid = node.lease_state(&core).holds();
     let ident = node.cluster_identity();
+    let readiness = node.readiness();
     let (reachable, nvoters, quorum) = node.reachability();
     let leader_grpc_addr = m
         .current_leader
@@ -112,7 +124,10 @@ pub async fn status(node: &RaftNode) -> pb::StatusResponse {
             .unwrap_or_default(),
         join_mode: node.args.join_mode.as_str().to_string(),
         sm_epoch: core.kv.data.read().map(|sm| sm.epoch).unwrap_or(0),
-        ..Default::default()
+        recovery_id: ident.recovery_id,
+        ready: readiness.is_ready(),
+        not_ready_reason: readiness.reason().to_string(),
+        draining: node.is_draining(),
     }
 }
 
@@ -154,31 +169,6 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "version": s.version,
         "sm_epoch": s.sm_epoch,
     })
-}
-
-/// How far the applied index may trail the commit index before a node reports it is catching
-/// up. Under load applied trails commit by a few entries at any instant; that is not "behind".
-pub const READY_APPLY_LAG: u64 = 1000;
-
-/// Ready = initialized, a leader is known, and this node has applied (nearly) what it knows
-/// committed.
-pub fn ready(s: &pb::StatusResponse) -> Result<(), String> {
-    if !s.initialized {
-        return Err("not initialized".into());
-    }
-    if !s.has_leader {
-        return Err(format!(
-            "no leader ({} of {} voters reachable, {} needed)",
-            s.reachable_voters, s.voters, s.quorum
-        ));
-    }
-    if s.applied_index + READY_APPLY_LAG < s.commit_index {
-        return Err(format!(
-            "catching up: applied {} of committed {}",
-            s.applied_index, s.commit_index
-        ));
-    }
-    Ok(())
 }
 
 /// Prometheus text exposition.

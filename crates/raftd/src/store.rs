@@ -42,11 +42,25 @@ fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> io::Result<T> {
     postcard::from_bytes(b).map_err(io_err)
 }
 
+/// Begins a write transaction that fsyncs on commit.
+///
+/// Every write here is either the Raft log, the vote, or the cluster identity, and openraft is
+/// told a write is durable as soon as the commit returns: a vote or a log entry lost in a crash
+/// after that would let this node vote twice in one term or forget an entry a quorum counted.
+/// redb's default is `Immediate` today; it is set explicitly so that a change of default can
+/// never weaken what this promise rests on.
+fn begin_durable_write(db: &Database) -> io::Result<redb::WriteTransaction> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(redb::Durability::Immediate)
+        .map_err(io_err)?;
+    Ok(txn)
+}
+
 /// Opens (or creates) the redb database under `dir`.
 pub fn open_database(dir: &Path) -> io::Result<Arc<Database>> {
     std::fs::create_dir_all(dir)?;
     let db = Database::create(dir.join("raftd.redb")).map_err(io_err)?;
-    let txn = db.begin_write().map_err(io_err)?;
+    let txn = begin_durable_write(&db)?;
     {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(LOG_META).map_err(io_err)?;
@@ -77,7 +91,7 @@ fn put_meta_durable<T: Serialize>(
     value: &T,
 ) -> io::Result<()> {
     let bytes = encode(value)?;
-    let txn = db.begin_write().map_err(io_err)?;
+    let txn = begin_durable_write(db)?;
     {
         let mut t = txn.open_table(table).map_err(io_err)?;
         t.insert(key, bytes.as_slice()).map_err(io_err)?;
@@ -94,21 +108,76 @@ fn put_meta_durable<T: Serialize>(
 pub struct ClusterIdentity {
     pub cluster_id: String,
     pub epoch: u64,
+    /// The forced recovery that created `epoch`, chosen by its caller; empty for epoch 1.
+    /// Two recoveries to the same epoch from different survivors are different clusters, and
+    /// this is what tells them apart.
+    pub recovery_id: String,
+}
+
+impl ClusterIdentity {
+    /// Whether a peer or Join carrying `other` belongs to the same cluster incarnation.
+    pub fn same_incarnation(&self, other: &ClusterIdentity) -> bool {
+        self.cluster_id == other.cluster_id
+            && self.epoch == other.epoch
+            && self.recovery_id == other.recovery_id
+    }
+}
+
+/// The identity as stored under "identity" since the first release (no recovery id); the
+/// recovery id lives under its own key so that older data directories still read.
+#[derive(Serialize, Deserialize)]
+struct StoredIdentity {
+    cluster_id: String,
+    epoch: u64,
 }
 
 pub fn read_identity(db: &Database) -> io::Result<Option<ClusterIdentity>> {
-    get_meta(db, CLUSTER, "identity")
+    let Some(stored) = get_meta::<StoredIdentity>(db, CLUSTER, "identity")? else {
+        return Ok(None);
+    };
+    let recovery_id: Option<String> = get_meta(db, CLUSTER, "recovery_id")?;
+    Ok(Some(ClusterIdentity {
+        cluster_id: stored.cluster_id,
+        epoch: stored.epoch,
+        recovery_id: recovery_id.unwrap_or_default(),
+    }))
 }
 
+/// Writes the identity and its recovery id in one fsynced transaction.
 pub fn write_identity(db: &Database, id: &ClusterIdentity) -> io::Result<()> {
-    put_meta_durable(db, CLUSTER, "identity", id)
+    let stored = encode(&StoredIdentity {
+        cluster_id: id.cluster_id.clone(),
+        epoch: id.epoch,
+    })?;
+    let recovery = encode(&id.recovery_id)?;
+    let txn = begin_durable_write(db)?;
+    {
+        let mut t = txn.open_table(CLUSTER).map_err(io_err)?;
+        t.insert("identity", stored.as_slice()).map_err(io_err)?;
+        t.insert("recovery_id", recovery.as_slice())
+            .map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// Records what a forced recovery did, once it is done, so a repeated call returns it.
+pub fn write_recovery_outcome(
+    db: &Database,
+    outcome: &crate::node::RecoveryOutcome,
+) -> io::Result<()> {
+    put_meta_durable(db, CLUSTER, "recovery_outcome", outcome)
+}
+
+/// The last forced recovery's outcome on this node, if any.
+pub fn read_recovery_outcome(db: &Database) -> io::Result<Option<crate::node::RecoveryOutcome>> {
+    get_meta(db, CLUSTER, "recovery_outcome")
 }
 
 /// Appends one entry straight to the durable log (fsynced), bypassing openraft. Only for
 /// disaster recovery, while no openraft instance runs on this database.
 pub fn force_append_entry(db: &Database, entry: &Entry) -> io::Result<()> {
     let bytes = encode(entry)?;
-    let txn = db.begin_write().map_err(io_err)?;
+    let txn = begin_durable_write(db)?;
     {
         let mut t = txn.open_table(LOG).map_err(io_err)?;
         t.insert(entry.log_id.index, bytes.as_slice())
@@ -173,7 +242,7 @@ const PURGE_CHUNK: u64 = 500;
 
 /// Deletes up to `PURGE_CHUNK` of the lowest rows below `below`; returns whether rows remain.
 fn purge_chunk(db: &Database, below: u64) -> io::Result<bool> {
-    let txn = db.begin_write().map_err(io_err)?;
+    let txn = begin_durable_write(db)?;
     let more = {
         let mut t = txn.open_table(LOG).map_err(io_err)?;
         let first = t.first().map_err(io_err)?.map(|(k, _)| k.value());
@@ -270,7 +339,7 @@ fn writer_loop(
                     }
                 }
                 let res = (|| -> io::Result<()> {
-                    let txn = db.begin_write().map_err(io_err)?;
+                    let txn = begin_durable_write(&db)?;
                     {
                         let mut t = txn.open_table(LOG).map_err(io_err)?;
                         for (entries, _) in &batch {
@@ -484,7 +553,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let _ = p.split_off(&from);
         }
         self.write_ordered(move |db| {
-            let txn = db.begin_write().map_err(io_err)?;
+            let txn = begin_durable_write(db)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io_err)?;
                 t.retain_in(from.., |_, _| false).map_err(io_err)?;

@@ -246,11 +246,15 @@ async fn malformed_input_gets_clear_errors_and_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
     assert!(st.message().contains("payload"), "{}", st.message());
+    let vote = openraft::raft::VoteRequest::<raftd::types::TypeConfig>::new(
+        raftd::types::Vote::new(1, 9),
+        None,
+    );
     let st = peer
         .vote(raft_proto::pb::PeerRequest {
             cluster_id: "some-other-cluster".into(),
             from: 9,
-            payload: vec![],
+            payload: postcard::to_stdvec(&vote).unwrap(),
             epoch: 1,
             ..Default::default()
         })

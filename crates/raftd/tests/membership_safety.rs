@@ -5,131 +5,11 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raft_proto::pb::admin_client::AdminClient;
-use raft_proto::pb::{
-    ForceRecoverRequest, InitializeRequest, JoinRequest, MemberAddr, StatusRequest, StatusResponse,
-};
+use common::member::Member;
+use raft_proto::pb::{ForceRecoverRequest, InitializeRequest};
 use raft_proto::{Consistency, RaftClient};
-
-/// One raftd process with fixed ports and data dir, restartable.
-struct Member {
-    id: u64,
-    grpc: String,
-    http: String,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(dir: &std::path::Path, id: u64) -> Self {
-        Member {
-            id,
-            grpc: format!("127.0.0.1:{}", port()),
-            http: format!("127.0.0.1:{}", port()),
-            data: dir.join(format!("node-{id}")),
-            log: dir.join(format!("node-{id}.log")),
-            child: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(common::raftd_bin())
-            .args(["--node-id", &self.id.to_string()])
-            .args(["--grpc-listen", &self.grpc, "--http-listen", &self.http])
-            .args(["--join-mode", "explicit"])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn addr(&self) -> MemberAddr {
-        MemberAddr {
-            id: self.id,
-            grpc_addr: self.grpc.clone(),
-            http_addr: self.http.clone(),
-        }
-    }
-
-    async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
-        let start = Instant::now();
-        loop {
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-                .unwrap()
-                .connect()
-                .await
-            {
-                return AdminClient::new(ch);
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "node {} did not start",
-                self.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Admin Join of this member into `cluster_id` at `epoch`.
-    async fn join(
-        &self,
-        cluster_id: &str,
-        epoch: u64,
-    ) -> Result<tonic::Response<raft_proto::pb::JoinResponse>, tonic::Status> {
-        self.admin()
-            .await
-            .join(JoinRequest {
-                cluster_id: cluster_id.into(),
-                epoch,
-                ..Default::default()
-            })
-            .await
-    }
-
-    async fn status(&self) -> StatusResponse {
-        self.admin()
-            .await
-            .status(StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -151,7 +31,7 @@ async fn form_cluster(dir: &std::path::Path, n: u64) -> Vec<Member> {
         m.start();
     }
     for m in &members[1..] {
-        let r = m.join("c1", 1).await.unwrap().into_inner();
+        let r = m.join("c1", 1, "").await.unwrap().into_inner();
         assert!(!r.already_joined);
     }
     members[0]
@@ -214,9 +94,9 @@ async fn wiped_member_is_refused_until_admitted_and_rebuilt_learner_first() {
 
     // Rebuild: remove it, admit it (Join), add it as a learner, promote it.
     assert!(client.remove_member(3).await.unwrap().changed);
-    let first = wiped.join("c1", 1).await.unwrap().into_inner();
+    let first = wiped.join("c1", 1, "").await.unwrap().into_inner();
     assert!(!first.already_joined);
-    let again = wiped.join("c1", 1).await.unwrap().into_inner();
+    let again = wiped.join("c1", 1, "").await.unwrap().into_inner();
     assert!(again.already_joined, "Join is idempotent");
     client
         .add_learner(3, &wiped.grpc, &wiped.http)
@@ -239,7 +119,7 @@ async fn wiped_member_is_refused_until_admitted_and_rebuilt_learner_first() {
     let g = only3.get(b"while-wiped", Consistency::Stale).await.unwrap();
     assert_eq!(g.value, b"2");
     // A member holding state cannot be re-joined into another cluster.
-    let e = wiped.join("other", 1).await.unwrap_err();
+    let e = wiped.join("other", 1, "").await.unwrap_err();
     assert!(
         e.message().contains("belongs to cluster \"c1\""),
         "{}",
@@ -281,6 +161,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     let recover = ForceRecoverRequest {
         cluster_id: "c1".into(),
         new_epoch: 2,
+        recovery_id: "plan-a".into(),
         ..Default::default()
     };
     let before = survivor.status().await;
@@ -311,6 +192,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
         .force_recover(ForceRecoverRequest {
             cluster_id: "c9".into(),
             new_epoch: 3,
+            recovery_id: "plan-b".into(),
             ..Default::default()
         })
         .await
@@ -383,7 +265,7 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     );
     assert_ne!(s_old.role, "leader", "an old member must not lead anything");
     assert_eq!(s_old.epoch, 1);
-    let e = old.join("c1", 2).await.unwrap_err();
+    let e = old.join("c1", 2, "plan-a").await.unwrap_err();
     assert!(
         e.message().contains("delete its data directory"),
         "{}",
@@ -396,7 +278,10 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     std::fs::remove_dir_all(&node3.data).unwrap();
     node3.start();
     let fresh = &node3;
-    fresh.join("c1", 2).await.unwrap();
+    // Joining an epoch a recovery created needs that recovery's id.
+    let e = fresh.join("c1", 2, "").await.unwrap_err();
+    assert!(e.message().contains("recovery_id"), "{}", e.message());
+    fresh.join("c1", 2, "plan-a").await.unwrap();
     survivor_client
         .add_learner(3, &fresh.grpc, &fresh.http)
         .await
@@ -415,4 +300,136 @@ async fn forced_recovery_keeps_the_survivors_log_and_refuses_the_old_epoch() {
     let s = survivor.status().await;
     assert_eq!(s.voters, 2);
     common::put_retry(&survivor_client, b"two-voters-again", b"z").await;
+}
+
+/// Two survivors recovered to the same epoch by two different recoveries are two different
+/// clusters: each refuses the other, both ways, with the reason; and a recovery is refused
+/// while the cluster it would replace still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recoveries_to_the_same_epoch_refuse_each_other() {
+    let _serial = common::serial().await;
+    let dir = common::tempdirs::Dir::new("recover-fork");
+    let mut members = form_cluster(&dir.0, 3).await;
+    let client = client_of(&members.iter().collect::<Vec<_>>());
+    for i in 0..10 {
+        common::put_retry(&client, format!("k{i}").as_bytes(), b"v").await;
+    }
+    let request = |recovery_id: &str, even_if_quorum_answers: bool| ForceRecoverRequest {
+        cluster_id: "c1".into(),
+        new_epoch: 2,
+        recovery_id: recovery_id.into(),
+        even_if_quorum_answers,
+    };
+    // A live cluster is not recovered, nor is a recovery without an id accepted.
+    let e = members[0]
+        .admin()
+        .await
+        .force_recover(request("plan-a", false))
+        .await
+        .unwrap_err();
+    println!("recovery of a live cluster: {}", e.message());
+    assert!(e.message().contains("would fork"), "{}", e.message());
+    let e = members[0]
+        .admin()
+        .await
+        .force_recover(request("", true))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("recovery_id"), "{}", e.message());
+    for m in members.iter_mut() {
+        m.kill();
+    }
+    // Node 1 alone is recovered by plan A; then node 2 alone by plan B, to the same epoch.
+    let (a, b) = (0, 1);
+    members[a].start();
+    let ra = members[a]
+        .admin()
+        .await
+        .force_recover(request("plan-a", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ra.epoch, ra.recovery_id.as_str()), (2, "plan-a"));
+    // The same recovery again is a no-op; another recovery to the same epoch is refused.
+    let again = members[a]
+        .admin()
+        .await
+        .force_recover(request("plan-a", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.already_recovered && again.previous_last_index == ra.previous_last_index);
+    let e = members[a]
+        .admin()
+        .await
+        .force_recover(request("plan-b", false))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("already created") && e.message().contains("plan-a"),
+        "{}",
+        e.message()
+    );
+    members[a].kill();
+    members[b].start();
+    let rb = members[b]
+        .admin()
+        .await
+        .force_recover(request("plan-b", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((rb.epoch, rb.recovery_id.as_str()), (2, "plan-b"));
+    // Both up: each leads its own one-voter cluster and refuses the other.
+    members[a].start();
+    let (ma, mb) = (&members[a], &members[b]);
+    wait_for(
+        "each survivor to lead its own cluster",
+        Duration::from_secs(15),
+        || async {
+            let (sa, sb) = (ma.status().await, mb.status().await);
+            sa.role == "leader" && sb.role == "leader"
+        },
+    )
+    .await;
+    // Adding the other survivor as a learner does not merge them: it refuses the leader, both
+    // ways round.
+    for (leader, learner, leader_plan) in [(ma, mb, "plan-a"), (mb, ma, "plan-b")] {
+        client_of(&[leader])
+            .add_learner(learner.id, &learner.grpc, &learner.http)
+            .await
+            .unwrap();
+        wait_for(
+            &format!("node {} to refuse {leader_plan}'s leader", learner.id),
+            Duration::from_secs(10),
+            || async { learner.status().await.recent_refusal.contains(leader_plan) },
+        )
+        .await;
+    }
+    let (sa, sb) = (ma.status().await, mb.status().await);
+    assert_eq!(
+        (sa.role.as_str(), sa.voters),
+        ("leader", 1),
+        "plan A's survivor stays its own"
+    );
+    println!(
+        "plan A: epoch {} recovery {:?} refusal {:?}; plan B: epoch {} recovery {:?} refusal {:?}",
+        sa.epoch, sa.recovery_id, sa.recent_refusal, sb.epoch, sb.recovery_id, sb.recent_refusal
+    );
+    assert_eq!(
+        (sa.recovery_id.as_str(), sb.recovery_id.as_str()),
+        ("plan-a", "plan-b")
+    );
+    assert_eq!(
+        (sb.role.as_str(), sb.voters),
+        ("leader", 1),
+        "plan B's survivor stays its own"
+    );
+    let joined = mb.join("c1", 2, "plan-a").await;
+    let e = joined.expect_err("plan B's survivor joined plan A's cluster");
+    assert!(
+        e.message().contains("delete its data directory"),
+        "{}",
+        e.message()
+    );
 }

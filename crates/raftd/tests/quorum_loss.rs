@@ -1,4 +1,4 @@
-//! Kill 3 of 5 within 200 ms: the old leader steps down, writes fail with a clear unavailable
+//! Kill 3 of 5 at once: the old leader steps down, writes fail with a clear unavailable
 //! error within the deadline, only stale reads answer, restarting the 3 re-forms the cluster,
 //! and no acknowledged write is lost. Prints how long each step took.
 #![allow(clippy::unwrap_used)]
@@ -62,16 +62,16 @@ async fn kill_three_of_five_then_recover() {
         .filter(|id| *id != leader)
         .take(3)
         .collect();
-    let kill_start = Instant::now();
+    // The majority goes at one instant: SIGSTOP freezes each victim at once (no waiting for an
+    // exit), so none of them answers anything after `killed_at`; then they are killed.
+    for v in &victims {
+        c.pause(*v).unwrap();
+    }
+    let killed_at = Instant::now();
     for v in &victims {
         c.kill(*v).unwrap();
     }
-    let killed_at = Instant::now();
-    println!(
-        "killed nodes {victims:?} in {:?} (leader was {leader})",
-        killed_at - kill_start
-    );
-    assert!(killed_at - kill_start < Duration::from_millis(200));
+    println!("killed nodes {victims:?} (leader was {leader})");
 
     // The old leader steps down.
     let old = common::node_client(c, leader);

@@ -7,6 +7,8 @@ use raft_local::{ClusterGuard, LocalCluster, UpOptions};
 use raft_proto::RaftClient;
 use raft_proto::pb::StatusResponse;
 
+pub mod member;
+
 pub fn raftd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftd"))
 }
