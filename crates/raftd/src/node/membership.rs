@@ -80,11 +80,62 @@ impl RaftNode {
                 reason: format!("node {id} is not a member; add it as a learner first"),
             });
         }
+        let before = *metrics.membership_config.log_id();
         let resp = raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(|e| self.map_membership_err(e))?;
+            .map_err(|e| self.membership_error_after(&before, e))?;
         Ok((resp.log_id.index, true))
+    }
+
+    /// The error of a membership change: "not applied" only while the membership this node
+    /// knows is the one the call started from. A change goes through a joint configuration
+    /// first; when leadership is lost after that entry was proposed, the change is half done,
+    /// and saying "not applied" would be false.
+    fn membership_error_after(
+        &self,
+        before: &Option<crate::types::LogId>,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> NodeError {
+        let now = *self
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .log_id();
+        if now != *before {
+            return NodeError::OutcomeUnknown(format!(
+                "the membership change was proposed (configuration now at {}) and then interrupted: {e}; call again to finish it (a leader also finishes a joint configuration left behind)",
+                now.map(|l| l.index).unwrap_or(0)
+            ));
+        }
+        self.map_membership_err(e)
+    }
+
+    /// A joint configuration is the middle of a membership change. One left behind (its leader
+    /// lost leadership between the two steps) blocks every later change, so a leader finishes
+    /// it: the target is the joint configuration's last half.
+    pub(super) async fn finish_joint_membership(&self) -> Result<(), NodeError> {
+        let raft = self.ensure_leader_for_admin()?;
+        let joint = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if !joint {
+            return Ok(());
+        }
+        tracing::warn!(
+            node = self.id,
+            "finishing a joint configuration left behind"
+        );
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::new()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_membership_err(e))
     }
 
     /// Removes a voter or learner. Idempotent (removing a non-member is a no-op).
@@ -104,14 +155,16 @@ impl RaftNode {
                     "node {id} is the last voter; it cannot be removed"
                 )));
             }
+            let before = *metrics.membership_config.log_id();
             raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| self.map_membership_err(e))?;
+                .map_err(|e| self.membership_error_after(&before, e))?;
         }
+        let before = *raft.metrics().borrow_watched().membership_config.log_id();
         let resp = raft
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
-            .map_err(|e| self.map_membership_err(e))?;
+            .map_err(|e| self.membership_error_after(&before, e))?;
         Ok((resp.log_id.index, true))
     }
 

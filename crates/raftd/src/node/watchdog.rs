@@ -9,6 +9,10 @@ use openraft::async_runtime::WatchReceiver;
 
 use super::*;
 
+/// A joint configuration a leader still sees after this long was left behind by an interrupted
+/// membership change (a change takes milliseconds); the leader finishes it.
+const JOINT_LEFT_BEHIND_AFTER: Duration = Duration::from_secs(2);
+
 impl RaftNode {
     /// Watches the leader's quorum acks. When the lease expires the node marks quorum lost
     /// (pending writes then fail with "outcome unknown" at once); one election timeout later it
@@ -16,11 +20,37 @@ impl RaftNode {
     pub(super) async fn watchdog(node: Arc<RaftNode>) {
         let timing = node.timing;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        // Since when this leader has seen a joint configuration (a membership change midway).
+        let mut joint_since: Option<std::time::Instant> = None;
+        let finishing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             tick.tick().await;
             let raft = node.raft();
             let metrics = raft.metrics().borrow_watched().clone();
             let is_leader = metrics.state == ServerState::Leader;
+            let joint = metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .len()
+                > 1;
+            if is_leader && joint {
+                let since = *joint_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= JOINT_LEFT_BEHIND_AFTER
+                    && !finishing.swap(true, Ordering::SeqCst)
+                {
+                    let (node, finishing) = (node.clone(), finishing.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = node.finish_joint_membership().await {
+                            tracing::warn!(error = %e, "finishing a joint configuration failed");
+                        }
+                        finishing.store(false, Ordering::SeqCst);
+                    });
+                    joint_since = None;
+                }
+            } else {
+                joint_since = None;
+            }
             let voters = metrics.membership_config.membership().voter_ids().count();
             let since_ack = if is_leader && voters > 1 {
                 metrics.last_quorum_acked.as_ref().map(|t| t.elapsed())
