@@ -11,6 +11,8 @@ check-layering:
 	check raftd kube kube-client k8s-openapi; \
 	check raft-proto openraft redb kube k8s-openapi; \
 	check raft-operator openraft redb; \
-	check raftctl openraft redb
+	check raftctl openraft redb; \
+	check raft-local openraft redb kube; \
+	check sandbox-node raftd openraft
 
 TEST_TARGETS += check-layering
