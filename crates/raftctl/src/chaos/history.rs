@@ -50,6 +50,28 @@ pub struct HistoryOp {
 }
 
 impl HistoryOp {
+    /// An operation of `client` on `key`, invoked at `invoke_ns`, before its answer is known
+    /// (ok until a failure says otherwise).
+    pub fn invoked(client: usize, op: &'static str, key: String, invoke_ns: i64) -> HistoryOp {
+        HistoryOp {
+            client,
+            op,
+            key,
+            value: None,
+            expect: None,
+            level: None,
+            invoke_ns,
+            complete_ns: invoke_ns,
+            outcome: Outcome::Ok,
+            found: false,
+            read: None,
+            succeeded: false,
+            seen: None,
+            deleted: false,
+            error: None,
+        }
+    }
+
     pub fn is_write(&self) -> bool {
         self.op != "get"
     }

@@ -227,23 +227,10 @@ mod tests {
         end_ms: i64,
         outcome: Outcome,
     ) -> HistoryOp {
-        HistoryOp {
-            client,
-            op: kind,
-            key: "k".into(),
-            value: None,
-            expect: None,
-            level: None,
-            invoke_ns: start_ms * 1_000_000,
-            complete_ns: end_ms * 1_000_000,
-            outcome,
-            found: false,
-            read: None,
-            succeeded: false,
-            seen: None,
-            deleted: false,
-            error: None,
-        }
+        let mut op = HistoryOp::invoked(client, kind, "k".into(), start_ms * 1_000_000);
+        op.complete_ns = end_ms * 1_000_000;
+        op.outcome = outcome;
+        op
     }
 
     #[test]

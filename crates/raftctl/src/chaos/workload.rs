@@ -65,23 +65,7 @@ pub async fn client(
         let value = format!("c{id}-{n}");
         let roll = rng.range(0, 10);
         let invoke_ns = ns_since(base);
-        let mut op = HistoryOp {
-            client: id,
-            op: "get",
-            key: key.clone(),
-            value: None,
-            expect: None,
-            level: None,
-            invoke_ns,
-            complete_ns: 0,
-            outcome: Outcome::Ok,
-            found: false,
-            read: None,
-            succeeded: false,
-            seen: None,
-            deleted: false,
-            error: None,
-        };
+        let mut op = HistoryOp::invoked(id, "get", key.clone(), invoke_ns);
         let result: Result<(), ClientError> = match roll {
             0..=3 => {
                 let (level, name) = [
@@ -177,25 +161,14 @@ pub async fn final_reads(
             .get(key.as_bytes(), Consistency::ReadIndex)
             .await
             .map_err(|e| anyhow::anyhow!("final read of {key}: {e}"))?;
-        out.push(HistoryOp {
-            client: client_id,
-            op: "get",
-            key,
-            value: None,
-            expect: None,
-            level: Some("read_index"),
-            invoke_ns,
-            complete_ns: ns_since(base),
-            outcome: Outcome::Ok,
-            found: r.found,
-            read: r
-                .found
-                .then(|| String::from_utf8_lossy(&r.value).to_string()),
-            succeeded: false,
-            seen: None,
-            deleted: false,
-            error: None,
-        });
+        let mut op = HistoryOp::invoked(client_id, "get", key, invoke_ns);
+        op.level = Some("read_index");
+        op.complete_ns = ns_since(base);
+        op.found = r.found;
+        op.read = r
+            .found
+            .then(|| String::from_utf8_lossy(&r.value).to_string());
+        out.push(op);
     }
     Ok(out)
 }
@@ -245,31 +218,16 @@ mod tests {
         invoke_ns: i64,
         complete_ns: i64,
     ) -> HistoryOp {
-        HistoryOp {
-            client: 0,
-            op: kind,
-            key: "k".into(),
-            value: if kind == "get" {
-                None
-            } else {
-                value.map(str::to_string)
-            },
-            expect: None,
-            level,
-            invoke_ns,
-            complete_ns,
-            outcome: Outcome::Ok,
-            found: kind == "get" && value.is_some(),
-            read: if kind == "get" {
-                value.map(str::to_string)
-            } else {
-                None
-            },
-            succeeded: false,
-            seen: None,
-            deleted: false,
-            error: None,
+        let mut op = HistoryOp::invoked(0, kind, "k".into(), invoke_ns);
+        op.complete_ns = complete_ns;
+        op.level = level;
+        if kind == "get" {
+            op.found = value.is_some();
+            op.read = value.map(str::to_string);
+        } else {
+            op.value = value.map(str::to_string);
         }
+        op
     }
 
     #[test]
