@@ -47,9 +47,19 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
 }
 
+/// A free loopback port that this process has not handed out before: the kernel may give a
+/// just-released port again, and two nodes given one address would talk to themselves.
 fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Finds the raftd binary: `$RAFTD_BIN`, next to the running executable (or its parent, for

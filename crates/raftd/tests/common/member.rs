@@ -122,10 +122,21 @@ impl Drop for Member {
     }
 }
 
+/// A free loopback port, never one this test process handed out before: the kernel may give a
+/// just-released port again, and two members on one address talk to themselves (seen once:
+/// node 1 failed to bind, and node 3, holding its address, received its own AppendEntries).
 pub fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
